@@ -1,0 +1,1 @@
+"""The three services of the system: env (Chromium), trainer (TRL GRPO), inference (vLLM)."""
