@@ -107,7 +107,10 @@ class BrowserState(State):
 class EnvErrorCode(StrEnum):
     """Codes in ``{"type": "error", "data": {"message", "code"}}`` WebSocket replies.
 
-    The first seven are openenv-core's own; the rest are this service's.
+    The first seven are openenv-core's own; the rest are this service's. Meaning for a client:
+    CAPACITY_REACHED and DRAINING: this pod takes no new work, go to another one. TIMEOUT and
+    BROWSER_ERROR: the episode was lost to an infrastructure failure (hung page, crashed
+    browser); the session stays usable after a reset. The others are caller bugs.
     """
 
     INVALID_JSON = "INVALID_JSON"
@@ -121,3 +124,5 @@ class EnvErrorCode(StrEnum):
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     NOT_RESET = "NOT_RESET"
     DRAINING = "DRAINING"
+    TIMEOUT = "TIMEOUT"
+    BROWSER_ERROR = "BROWSER_ERROR"
