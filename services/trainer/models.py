@@ -36,8 +36,8 @@ class ModelResolutionError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    """``$BROWSER_RL_CACHE`` if set, else ``~/.cache/browser-rl``."""
-    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "browser-rl")
+    """``$BROWSER_RL_CACHE`` if set, else ``~/.cache/browser-rl/models`` (the config default)."""
+    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "browser-rl" / "models")
 
 
 def resolve_model(
@@ -52,7 +52,7 @@ def resolve_model(
         raise ModelResolutionError(
             "empty model source; give a local folder, a hub id or " + PYPI_GEMMA
         )
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if text == PYPI_GEMMA:
         return _gemma_from_pypi(cache)
     if text.startswith("pypi:"):
