@@ -7,6 +7,7 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 CHROMIUM    ?= /usr/bin/chromium
+PROMTOOL    ?= /usr/bin/promtool
 config      ?= services/trainer/configs/local_cpu.yaml
 
 export PYTHONUNBUFFERED := 1
@@ -20,11 +21,15 @@ export HF_DATASETS_OFFLINE := 1
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-setup: $(STAMP) $(CHROMIUM) ## install everything a fresh machine needs (idempotent)
+setup: $(STAMP) $(CHROMIUM) $(PROMTOOL) ## install everything a fresh machine needs (idempotent)
 
 $(CHROMIUM):
 	@echo ">> installing Debian chromium (never 'playwright install')"
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+
+$(PROMTOOL):
+	@echo ">> installing Debian prometheus (prometheus server + promtool, for make up and the alert tests)"
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo ">> creating $(VENV) with pinned packages"
@@ -43,3 +48,21 @@ proto: setup ## regenerate the wire contract in proto/ from the code
 
 test: setup ## run the test suite (real Chromium, tiny random models)
 	$(PY) -m pytest -q -ra
+
+# --- deploy ---
+.PHONY: chart-test chart-golden dashboards docker-lint up
+
+chart-test: setup ## Helm chart, images, dashboards, alerts, discovery, live Prometheus (tests/deploy)
+	$(PY) -m pytest tests/deploy -q -ra
+
+chart-golden: setup ## re-render tests/deploy/golden/ after a deliberate chart change (review the diff)
+	$(PY) -m tests.deploy.chartlib
+
+dashboards: setup ## rebuild the Grafana dashboard JSON from scripts/grafana_dashboard.py
+	$(PY) scripts/grafana_dashboard.py
+
+docker-lint: setup ## hadolint every Dockerfile
+	$(VENV)/bin/hadolint docker/Dockerfile.*
+
+up: setup ## local stack on loopback: env pods + trainer as processes, a real Prometheus scraping them
+	$(PY) scripts/local_stack.py --config $(config)
