@@ -1,0 +1,238 @@
+"""Env sessions spread over env pods, with pods joining and leaving while training runs.
+
+The pool hands out one WebSocket session per episode on the endpoint with the fewest sessions of
+ours, skipping endpoints that are draining (removed by discovery), full (answered
+CAPACITY_REACHED) or cooling down after an infrastructure failure. It never decides what to do
+with a failed episode: it raises ``EnvInfraError`` and the rollout engine replays the episode
+elsewhere, so an infrastructure failure is never scored as a policy failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+
+from services.env.client import (
+    EnvCapacityError,
+    EnvClient,
+    EnvError,
+    EnvRequestError,
+    EnvUnavailableError,
+)
+from services.protocol.env import BrowserObservation, BrowserResetOptions
+
+log = logging.getLogger(__name__)
+
+
+class EnvInfraError(RuntimeError):
+    """An episode could not go on for infrastructure reasons (pod died, full, timed out).
+
+    ``reason`` labels ``trainer_infra_retries_total``; ``endpoint`` is the pod to avoid.
+    """
+
+    def __init__(self, reason: str, endpoint: str | None, message: str) -> None:
+        super().__init__(f"{reason} at {endpoint}: {message}")
+        self.reason = reason
+        self.endpoint = endpoint
+
+
+class NoEndpointsError(EnvInfraError):
+    """No usable endpoint appeared within the wait limit."""
+
+
+@dataclass
+class _Endpoint:
+    url: str
+    active: int = 0
+    draining: bool = False
+    unusable_until: float = 0.0
+    consecutive_failures: int = 0
+
+
+@dataclass
+class EnvSession:
+    """One episode's session on one pod; ``step`` maps env errors to ``EnvInfraError``."""
+
+    endpoint: str
+    client: EnvClient
+    observation: BrowserObservation
+    _closed: bool = field(default=False, repr=False)
+
+    async def step(self, action: str) -> BrowserObservation:
+        try:
+            self.observation = await self.client.step(action)
+        except EnvRequestError:
+            raise  # a caller bug (bad request), not infrastructure: never retried
+        except EnvCapacityError as exc:
+            raise EnvInfraError("capacity", self.endpoint, str(exc)) from exc
+        except (TimeoutError, EnvUnavailableError, EnvError, OSError) as exc:
+            raise EnvInfraError("env_unavailable", self.endpoint, str(exc)) from exc
+        return self.observation
+
+
+ClientFactory = Callable[[str], EnvClient]
+
+
+class EnvPool:
+    """Sessions over a changing set of env endpoints (see module docstring)."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[str] = (),
+        *,
+        sessions_per_endpoint: int = 4,
+        connect_timeout_s: float = 20.0,
+        message_timeout_s: float = 60.0,
+        capacity_backoff_s: float = 0.5,
+        failure_cooldown_s: float = 2.0,
+        wait_for_endpoint_s: float = 120.0,
+        client_factory: ClientFactory | None = None,
+    ) -> None:
+        self.sessions_per_endpoint = sessions_per_endpoint
+        self.capacity_backoff_s = capacity_backoff_s
+        self.failure_cooldown_s = failure_cooldown_s
+        self.wait_for_endpoint_s = wait_for_endpoint_s
+        self._client_factory = client_factory or (
+            lambda url: EnvClient(
+                url, connect_timeout_s=connect_timeout_s, message_timeout_s=message_timeout_s
+            )
+        )
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._changed = asyncio.Event()
+        self.set_endpoints(endpoints)
+
+    # --- membership -------------------------------------------------------------------------
+
+    def set_endpoints(self, urls: Iterable[str]) -> None:
+        """Add new endpoints; drain removed ones (their running episodes finish, no new ones)."""
+        wanted = {u.rstrip("/") for u in urls}
+        for url in wanted:
+            ep = self._endpoints.get(url)
+            if ep is None:
+                self._endpoints[url] = _Endpoint(url)
+                log.info("env endpoint added: %s", url)
+            elif ep.draining:
+                ep.draining = False
+        for url, ep in list(self._endpoints.items()):
+            if url not in wanted and not ep.draining:
+                ep.draining = True
+                log.info("env endpoint draining: %s (%d active sessions)", url, ep.active)
+            if ep.draining and ep.active == 0:
+                del self._endpoints[url]
+        self._notify()
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Endpoints that take new sessions."""
+        return [u for u, ep in self._endpoints.items() if not ep.draining]
+
+    @property
+    def capacity(self) -> int:
+        """Sessions the pool may hold at once over the current endpoints."""
+        return len(self.endpoints) * self.sessions_per_endpoint
+
+    def active_sessions(self) -> dict[str, int]:
+        return {u: ep.active for u, ep in self._endpoints.items()}
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def session(
+        self, options: BrowserResetOptions, *, avoid: Iterable[str] = ()
+    ) -> AsyncIterator[EnvSession]:
+        """A reset env session on some endpoint (not one in ``avoid`` while others exist)."""
+        session = await self._open(options, set(avoid))
+        try:
+            yield session
+        except EnvInfraError as exc:
+            if exc.reason != "capacity":
+                self.mark_failed(session.endpoint)
+            raise
+        finally:
+            await self._close(session)
+
+    async def _open(self, options: BrowserResetOptions, avoid: set[str]) -> EnvSession:
+        deadline = time.monotonic() + self.wait_for_endpoint_s
+        while True:
+            ep = self._pick(avoid)
+            if ep is None:
+                if time.monotonic() > deadline:
+                    raise NoEndpointsError(
+                        "no_endpoint",
+                        None,
+                        f"no env endpoint with a free session for {self.wait_for_endpoint_s:.0f} s "
+                        f"(endpoints: {self.active_sessions() or 'none'})",
+                    )
+                changed = self._changed
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self.capacity_backoff_s)
+                continue
+            ep.active += 1
+            client = self._client_factory(ep.url)
+            try:
+                await client.connect()
+                observation = await client.reset(options)
+            except EnvRequestError:
+                await self._release(ep, client)
+                raise
+            except EnvCapacityError as exc:
+                log.debug("env %s full: %s", ep.url, exc)
+                ep.unusable_until = time.monotonic() + self.capacity_backoff_s
+                await self._release(ep, client)
+                raise EnvInfraError("capacity", ep.url, str(exc)) from exc
+            except (TimeoutError, EnvUnavailableError, EnvError, OSError) as exc:
+                self._mark_failed(ep)
+                await self._release(ep, client)
+                raise EnvInfraError("env_unavailable", ep.url, str(exc)) from exc
+            ep.consecutive_failures = 0
+            return EnvSession(endpoint=ep.url, client=client, observation=observation)
+
+    def _pick(self, avoid: set[str]) -> _Endpoint | None:
+        now = time.monotonic()
+        usable = [
+            ep
+            for ep in self._endpoints.values()
+            if not ep.draining
+            and ep.unusable_until <= now
+            and ep.active < self.sessions_per_endpoint
+        ]
+        preferred = [ep for ep in usable if ep.url not in avoid] or usable
+        return min(preferred, key=lambda ep: ep.active, default=None)
+
+    def mark_failed(self, url: str) -> None:
+        """An episode on ``url`` failed for infrastructure reasons: back off from it."""
+        ep = self._endpoints.get(url)
+        if ep is not None:
+            self._mark_failed(ep)
+
+    def _mark_failed(self, ep: _Endpoint) -> None:
+        ep.consecutive_failures += 1
+        backoff = self.failure_cooldown_s * 2 ** min(ep.consecutive_failures - 1, 5)
+        ep.unusable_until = time.monotonic() + backoff
+        log.warning(
+            "env %s failed (%d in a row): avoided for %.1f s",
+            ep.url,
+            ep.consecutive_failures,
+            backoff,
+        )
+
+    async def _close(self, session: EnvSession) -> None:
+        ep = self._endpoints.get(session.endpoint)
+        await self._release(ep, session.client)
+
+    async def _release(self, ep: _Endpoint | None, client: EnvClient) -> None:
+        with contextlib.suppress(Exception):  # closing a dead pod's socket may fail: nothing lost
+            await asyncio.wait_for(client.close(), 5.0)
+        if ep is not None:
+            ep.active -= 1
+            if ep.draining and ep.active == 0:
+                self._endpoints.pop(ep.url, None)
+        self._notify()

@@ -1,0 +1,55 @@
+"""One interface for every way the trainer turns prompt token ids into completion token ids.
+
+Token in, token out: a backend receives token ids and returns the generated token ids with the
+generator's logprob of each, so the trainer never re-tokenizes decoded text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one turn."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.7
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    """Stop strings; the tokens that produced a stop string are kept in ``token_ids``."""
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    """One completion: exactly the sampled ids, their logprobs, the decoded text."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    policy_version: int = 0
+    finish_reason: str = field(default="stop")
+    """'stop' (EOS or a stop string) or 'length' (hit max_new_tokens)."""
+
+    def __post_init__(self) -> None:
+        if len(self.token_ids) != len(self.logprobs):
+            raise ValueError(
+                f"{len(self.token_ids)} token ids but {len(self.logprobs)} logprobs in a generation"
+            )
+
+
+class GenerationError(RuntimeError):
+    """The backend could not generate (server down, bad reply); an infrastructure failure."""
+
+
+@runtime_checkable
+class GenerationBackend(Protocol):
+    """Batched generation; ``generate`` returns one ``Generation`` per prompt, in order."""
+
+    async def generate(
+        self, prompts: list[list[int]], params: SamplingParams
+    ) -> list[Generation]: ...
+
+    async def close(self) -> None: ...

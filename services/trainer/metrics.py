@@ -1,0 +1,138 @@
+"""The trainer's Prometheus series (names agreed in TEAM.md) and the rollout observer feeding them.
+
+Series live in their own registry so tests and several trainers in one process never collide;
+``serve`` exposes it (plus process metrics) at ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+
+from services.trainer.rollout import Episode, RolloutObserver
+
+
+class TrainerMetrics(RolloutObserver):
+    """All ``trainer_*`` series; also the rollout engine's observer."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        self.global_step = Gauge("trainer_global_step", "Optimizer steps done.", registry=r)
+        self.reward_mean = Gauge(
+            "trainer_reward_mean", "Mean episode reward of the last step.", ["task"], registry=r
+        )
+        self.success_rate = Gauge(
+            "trainer_success_rate", "Success rate of the last step.", ["task"], registry=r
+        )
+        self.episodes = Counter(
+            "trainer_episodes_total",
+            "Episodes played (outcome: success|failure|truncated|dropped).",
+            ["task", "outcome"],
+            registry=r,
+        )
+        self.episode_turns = Histogram(
+            "trainer_episode_turns",
+            "Turns per episode.",
+            buckets=(1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50),
+            registry=r,
+        )
+        self.actions = Counter("trainer_actions_total", "Actions the policy sent.", registry=r)
+        self.invalid_actions = Counter(
+            "trainer_invalid_actions_total", "Replies with no valid action.", registry=r
+        )
+        self.episodes_per_second = Gauge(
+            "trainer_rollout_episodes_per_second", "Episodes/s of the last rollout.", registry=r
+        )
+        self.tokens_per_second = Gauge(
+            "trainer_rollout_tokens_per_second",
+            "Generated tokens/s of the last rollout.",
+            registry=r,
+        )
+        self.generated_tokens = Counter(
+            "trainer_generated_tokens_total", "Tokens the policy generated.", registry=r
+        )
+        self.infra_retries = Counter(
+            "trainer_infra_retries_total",
+            "Infrastructure failures retried or dropped (never scored as reward 0).",
+            ["reason"],
+            registry=r,
+        )
+        self.loss = Gauge("trainer_loss", "GRPO loss of the last step.", registry=r)
+        self.kl = Gauge("trainer_kl", "KL to the reference model (beta > 0).", registry=r)
+        self.grad_norm = Gauge("trainer_grad_norm", "Gradient norm of the last step.", registry=r)
+        self.step_seconds = Histogram(
+            "trainer_step_seconds",
+            "Seconds per step phase (rollout | update).",
+            ["phase"],
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200),
+            registry=r,
+        )
+        self.policy_version = Gauge(
+            "trainer_policy_version", "Policy version being trained.", registry=r
+        )
+        self.policy_staleness = Histogram(
+            "trainer_policy_staleness",
+            "Trainer policy version minus the version that generated a sample.",
+            buckets=(0, 1, 2, 3, 4, 8, 16),
+            registry=r,
+        )
+        self._current_version = 0
+
+    # --- RolloutObserver --------------------------------------------------------------------
+
+    def infra_retry(self, reason: str) -> None:
+        self.infra_retries.labels(reason).inc()
+
+    def action(self, valid: bool) -> None:
+        self.actions.inc()
+        if not valid:
+            self.invalid_actions.inc()
+
+    def episode_done(self, episode: Episode) -> None:
+        self.episodes.labels(episode.task, episode.outcome).inc()
+        if episode.dropped:
+            return
+        self.episode_turns.observe(episode.turns)
+        self.generated_tokens.inc(episode.generated_tokens)
+        for version in episode.policy_versions:
+            self.policy_staleness.observe(max(0, self._current_version - version))
+
+    # --- per step ---------------------------------------------------------------------------
+
+    def set_policy_version(self, version: int) -> None:
+        self._current_version = version
+        self.policy_version.set(version)
+
+    def rollout_done(self, episodes: list[Episode], seconds: float) -> None:
+        played = [e for e in episodes if not e.dropped]
+        self.step_seconds.labels("rollout").observe(seconds)
+        if seconds > 0:
+            self.episodes_per_second.set(len(played) / seconds)
+            self.tokens_per_second.set(sum(e.generated_tokens for e in played) / seconds)
+        by_task: dict[str, list[Episode]] = {}
+        for e in played:
+            by_task.setdefault(e.task, []).append(e)
+        for task, eps in by_task.items():
+            self.reward_mean.labels(task).set(sum(e.reward for e in eps) / len(eps))
+            self.success_rate.labels(task).set(sum(e.success for e in eps) / len(eps))
+
+    def update_done(self, step: int, seconds: float, logs: dict[str, float]) -> None:
+        self.global_step.set(step)
+        self.step_seconds.labels("update").observe(seconds)
+        for key, gauge in (("loss", self.loss), ("kl", self.kl), ("grad_norm", self.grad_norm)):
+            if key in logs:
+                gauge.set(logs[key])
+
+
+def serve(metrics: TrainerMetrics, port: int, host: str = "0.0.0.0") -> int:
+    """Serve ``/metrics``; returns the bound port (``port=0`` picks a free one)."""
+    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    return server.server_address[1]

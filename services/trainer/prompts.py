@@ -1,0 +1,204 @@
+"""Prompts for the browser policy, built as token ids that only ever grow within an episode.
+
+An episode's context is ``prompt + completion_1 + env_2 + completion_2 + env_3 + ...``: each turn
+appends the env's reply (observation text, tokenized) after the model's own sampled tokens, which
+are kept exactly as generated. Training then sees exactly the context each action was sampled
+from, and ``env_mask`` marks which tokens were the model's.
+
+Two formats:
+- ``chat``: the tokenizer's chat template (instruction models, e.g. LFM2-350M).
+- ``fewshot``: plain "Task:/Page:/Action:" text with three worked examples, for base models
+  without a chat template (Gemma-3-270M base writes the right click-test action 15/16 times at
+  temperature 0.7 this way, 0/16 zero-shot: REFERENCE §4). The reply ends at the newline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from services.protocol.actions import allowed_actions, describe
+from services.protocol.env import BrowserObservation
+
+PromptFormat = Literal["chat", "fewshot"]
+
+_INSTRUCTIONS = (
+    "You control a web browser to complete a task on a web page. The page is given as an "
+    "accessibility tree where [id] marks elements you can act on. Reply with exactly one action, "
+    "a function call from this list, and nothing else:\n"
+)
+
+# Worked examples in the env's accessibility-tree format (BrowserGym flatten_axtree_to_str).
+_FEWSHOT_EXAMPLES = """Task: Click on the "Contact" link.
+Page:
+RootWebArea 'Links', focused
+\t[5] link 'Home'
+\t[6] link 'Contact'
+Action: click('6')
+
+Task: Enter "Paris" into the text field and press Submit.
+Page:
+RootWebArea 'Form', focused
+\t[11] textbox ''
+\t[12] button 'Submit'
+Action: fill('11', 'Paris')
+Page (step 2):
+RootWebArea 'Form', focused
+\t[11] textbox '' value='Paris'
+\t[12] button 'Submit'
+Action: click('12')
+
+Task: Click on the "OK" button.
+Page:
+RootWebArea 'Dialog', focused
+\t[21] StaticText 'Are you sure?'
+\t[22] button 'Cancel'
+\t[23] button 'OK'
+Action: click('23')
+
+"""
+
+
+def resolve_format(tokenizer, requested: str) -> PromptFormat:
+    """'auto' → 'chat' when the tokenizer has a chat template, else 'fewshot'."""
+    if requested == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "fewshot"
+    if requested == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ValueError("model.prompt_format is 'chat' but the tokenizer has no chat template")
+    return requested  # type: ignore[return-value]
+
+
+class PromptBuilder:
+    """Turns observations into token ids for one policy tokenizer and format."""
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        fmt: PromptFormat,
+        action_subsets: Sequence[str] = ("bid",),
+        axtree_max_tokens: int = 384,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.format = fmt
+        self.allowed = allowed_actions(action_subsets)
+        self.axtree_max_tokens = axtree_max_tokens
+        self.system = _INSTRUCTIONS + describe(action_subsets)
+        self._chat_closing_marker = "\x00ASSISTANT-REPLY\x00"
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        """Stop strings for generation: the few-shot reply is one line."""
+        return ("\n",) if self.format == "fewshot" else ()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def truncate_axtree(self, axtree: str) -> str:
+        """The tree cut to ``axtree_max_tokens`` policy tokens (not characters)."""
+        ids = self.encode(axtree)
+        if len(ids) <= self.axtree_max_tokens:
+            return axtree
+        return self.tokenizer.decode(ids[: self.axtree_max_tokens]) + "\n... (page truncated)"
+
+    # --- first turn -------------------------------------------------------------------------
+
+    def first_prompt(self, obs: BrowserObservation, max_turns: int) -> list[int]:
+        """Token ids of the whole first-turn prompt."""
+        if self.format == "fewshot":
+            text = (
+                self.system
+                + "\n\n"
+                + _FEWSHOT_EXAMPLES
+                + f"Task: {obs.goal}\nPage:\n{self.truncate_axtree(obs.axtree_txt)}\nAction:"
+            )
+            bos = self.tokenizer.bos_token_id
+            return ([bos] if bos is not None else []) + self.encode(text)
+        messages = self._first_messages(obs, max_turns)
+        return self.encode(self._render(messages, generation_prompt=True))
+
+    def _first_messages(self, obs: BrowserObservation, max_turns: int) -> list[dict[str, str]]:
+        user = self._user_turn(obs, turn=1, max_turns=max_turns, previous_action=None)
+        if self._supports_system():
+            return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
+        return [{"role": "user", "content": self.system + "\n\n" + user}]
+
+    # --- later turns ------------------------------------------------------------------------
+
+    def next_turn(
+        self,
+        obs: BrowserObservation,
+        *,
+        turn: int,
+        max_turns: int,
+        action: str,
+        completion_ids: Sequence[int],
+        completion_finished: bool,
+    ) -> list[int]:
+        """Env tokens to append after the model's completion of the previous turn.
+
+        ``completion_finished``: the completion ended on its own (EOS / stop string) rather than
+        at the token cap; when it did not, the format's turn separator is added here.
+        """
+        if self.format == "fewshot":
+            lines = "" if completion_finished else "\n"
+            if obs.error:
+                lines += f"Error: {_one_line(obs.error)}\n"
+            lines += f"Page (step {turn}):\n{self.truncate_axtree(obs.axtree_txt)}\nAction:"
+            return self.encode(lines)
+        user = self._user_turn(obs, turn=turn, max_turns=max_turns, previous_action=action)
+        return self.encode(self._chat_continuation(user, completion_ids, completion_finished))
+
+    def _user_turn(
+        self, obs: BrowserObservation, *, turn: int, max_turns: int, previous_action: str | None
+    ) -> str:
+        parts = [f"Goal: {obs.goal}", f"Turn {turn} of {max_turns}."]
+        if previous_action is not None:
+            parts.append(f"Previous action: {previous_action}")
+            parts.append(f"Its error: {_one_line(obs.error)}" if obs.error else "It succeeded.")
+        parts.append("Page:\n" + self.truncate_axtree(obs.axtree_txt))
+        parts.append("Your action:")
+        return "\n".join(parts)
+
+    def _chat_continuation(
+        self, user: str, completion_ids: Sequence[int], completion_finished: bool
+    ) -> str:
+        """Template text between the end of the model's reply and the next generation start.
+
+        Rendered with a marker as the assistant reply, so whatever the template puts after a reply
+        (end-of-turn token, newline) and before the next one comes out exactly; the end-of-turn
+        token the model already sampled is not repeated.
+        """
+        marker = self._chat_closing_marker
+        messages = [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": marker},
+            {"role": "user", "content": user},
+        ]
+        rendered = self._render(messages, generation_prompt=True)
+        tail = rendered[rendered.index(marker) + len(marker) :]
+        if completion_finished and completion_ids:
+            sampled_end = self.tokenizer.decode([completion_ids[-1]])
+            if sampled_end and tail.startswith(sampled_end):
+                tail = tail[len(sampled_end) :]
+        return tail
+
+    def _render(self, messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    def _supports_system(self) -> bool:
+        try:
+            self._render(
+                [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                generation_prompt=True,
+            )
+        except Exception:  # templates that reject a system role raise their own error types
+            return False
+        return True
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."

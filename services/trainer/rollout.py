@@ -1,0 +1,313 @@
+"""The rollout engine: many multi-turn browser episodes at once, generation batched across them.
+
+Each episode is a coroutine: reset(task, seed) → [prompt → generate → parse action → step] × up
+to ``max_turns`` → reward. All episodes of a call run concurrently over the env pool; whenever
+several of them wait for the policy, their turns are generated as one batch. Token ids are kept
+exactly as sampled: the episode record holds the first prompt, then the model's tokens
+interleaved with the env's reply tokens, an ``env_mask`` (1 = model token) and the generator's
+logprob of every model token.
+
+Infrastructure failures (pod died, pod full, generation server error) never end as reward 0:
+the episode is replayed from its reset on another pod, up to ``max_infra_retries`` times, and
+then dropped; every retry and drop is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from services.protocol.actions import extract_action
+from services.protocol.env import BrowserResetOptions
+from services.trainer.env_pool import EnvInfraError, EnvPool, NoEndpointsError
+from services.trainer.generation.base import (
+    Generation,
+    GenerationBackend,
+    GenerationError,
+    SamplingParams,
+)
+from services.trainer.prompts import PromptBuilder
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["success", "failure", "truncated", "dropped"]
+
+#: What is sent to the env when the model's reply holds no action at all (empty or whitespace):
+#: an empty action string is not a call, so the env would reject the request itself instead of
+#: reporting a policy error. Replies with text but no valid action are sent verbatim, so the
+#: policy reads the env's real error message on the next turn.
+EMPTY_REPLY_ACTION = "noop()"
+#: Capacity answers ("pod full, go elsewhere") retried per episode at most, beside the replays.
+MAX_CAPACITY_RETRIES = 200
+
+
+@dataclass(frozen=True)
+class EpisodeRequest:
+    """One episode to play: a task page (task + seed); equal requests form a GRPO group."""
+
+    task: str
+    seed: int
+
+
+@dataclass
+class Episode:
+    """One finished (or dropped) episode, ready for TRL's ``rollout_func``."""
+
+    task: str
+    seed: int
+    prompt_ids: list[int] = field(default_factory=list)
+    completion_ids: list[int] = field(default_factory=list)
+    env_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    reward: float = 0.0
+    outcome: Outcome = "failure"
+    turns: int = 0
+    actions: list[str] = field(default_factory=list)
+    invalid_actions: int = 0
+    infra_retries: int = 0
+    generated_tokens: int = 0
+    policy_versions: list[int] = field(default_factory=list)
+    endpoint: str | None = None
+    drop_reason: str | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.outcome == "success"
+
+    @property
+    def dropped(self) -> bool:
+        return self.outcome == "dropped"
+
+
+class RolloutObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def infra_retry(self, reason: str) -> None: ...
+
+    def episode_done(self, episode: Episode) -> None: ...
+
+    def action(self, valid: bool) -> None: ...
+
+
+class GenerationBatcher:
+    """Collects the turns waiting for the policy and generates them together.
+
+    A batch starts when ``max_batch_size`` turns wait, or ``wait_s`` after the first one arrived;
+    at most ``concurrency`` batches run at once (1 for an in-process model).
+    """
+
+    def __init__(
+        self,
+        backend: GenerationBackend,
+        *,
+        max_batch_size: int = 16,
+        wait_s: float = 0.02,
+        concurrency: int = 1,
+    ) -> None:
+        self.backend = backend
+        self.max_batch_size = max_batch_size
+        self.wait_s = wait_s
+        self._slots = asyncio.Semaphore(concurrency)
+        self._pending: dict[SamplingParams, list[tuple[list[int], asyncio.Future]]] = {}
+        self._timers: dict[SamplingParams, asyncio.TimerHandle] = {}
+        self.batch_sizes: list[int] = []
+        self._running: set[asyncio.Task] = set()
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Generation] = loop.create_future()
+        queue = self._pending.setdefault(params, [])
+        queue.append((prompt_ids, future))
+        if len(queue) >= self.max_batch_size:
+            self._flush(params)
+        elif params not in self._timers:
+            self._timers[params] = loop.call_later(self.wait_s, self._flush, params)
+        return await future
+
+    def _flush(self, params: SamplingParams) -> None:
+        timer = self._timers.pop(params, None)
+        if timer is not None:
+            timer.cancel()
+        queue = self._pending.pop(params, [])
+        while queue:
+            batch, queue = queue[: self.max_batch_size], queue[self.max_batch_size :]
+            task = asyncio.ensure_future(self._run(batch, params))
+            self._running.add(task)  # keep a reference until it finishes
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[tuple[list[int], asyncio.Future]], params: SamplingParams):
+        async with self._slots:
+            # Turns that arrived while waiting for a slot join this batch (up to the cap).
+            late = self._pending.get(params, [])
+            room = self.max_batch_size - len(batch)
+            if late and room > 0:
+                batch = batch + late[:room]
+                del late[:room]
+                if not late:
+                    self._pending.pop(params, None)
+                    timer = self._timers.pop(params, None)
+                    if timer is not None:
+                        timer.cancel()
+            self.batch_sizes.append(len(batch))
+            try:
+                results = await self.backend.generate([ids for ids, _ in batch], params)
+                if len(results) != len(batch):
+                    raise GenerationError(
+                        f"backend returned {len(results)} generations for {len(batch)} prompts"
+                    )
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                return
+            for (_, fut), result in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+
+
+class RolloutEngine:
+    """Plays episodes concurrently over an ``EnvPool`` with one generation backend."""
+
+    def __init__(
+        self,
+        pool: EnvPool,
+        batcher: GenerationBatcher,
+        prompts: PromptBuilder,
+        *,
+        sampling: SamplingParams,
+        max_turns: Callable[[str], int] | int = 5,
+        max_context_tokens: int = 4096,
+        max_completion_tokens: int = 2048,
+        max_infra_retries: int = 3,
+        observer: RolloutObserver | None = None,
+    ) -> None:
+        self.pool = pool
+        self.batcher = batcher
+        self.prompts = prompts
+        self.sampling = sampling
+        self._max_turns = max_turns
+        self.max_context_tokens = max_context_tokens
+        self.max_completion_tokens = max_completion_tokens
+        self.max_infra_retries = max_infra_retries
+        self.observer = observer or RolloutObserver()
+        eos = prompts.tokenizer.eos_token_id
+        self._eos_id: int | None = eos if isinstance(eos, int) else None
+
+    def max_turns(self, task: str) -> int:
+        return self._max_turns(task) if callable(self._max_turns) else self._max_turns
+
+    async def run(self, requests: Sequence[EpisodeRequest]) -> list[Episode]:
+        """Play all requests at once; results in request order (dropped ones marked)."""
+        return list(await asyncio.gather(*(self.play(r) for r in requests)))
+
+    async def play(self, request: EpisodeRequest) -> Episode:
+        """One episode, replayed elsewhere after infrastructure failures, or dropped."""
+        avoid: set[str] = set()
+        replays = capacity_retries = 0
+        while True:
+            try:
+                episode = await self._play_once(request, avoid)
+            except NoEndpointsError as exc:
+                self.observer.infra_retry(exc.reason)
+                return self._dropped(request, replays + capacity_retries, str(exc))
+            except EnvInfraError as exc:
+                self.observer.infra_retry(exc.reason)
+                if exc.endpoint:
+                    avoid.add(exc.endpoint)
+                if exc.reason == "capacity" and capacity_retries < MAX_CAPACITY_RETRIES:
+                    capacity_retries += 1
+                    continue
+                replays += 1
+                if replays > self.max_infra_retries:
+                    return self._dropped(request, replays + capacity_retries, str(exc))
+                log.info("replaying %s seed %s after: %s", request.task, request.seed, exc)
+                continue
+            except GenerationError as exc:
+                self.observer.infra_retry("generation")
+                replays += 1
+                if replays > self.max_infra_retries:
+                    return self._dropped(request, replays + capacity_retries, str(exc))
+                continue
+            episode.infra_retries = replays + capacity_retries
+            self.observer.episode_done(episode)
+            return episode
+
+    def _dropped(self, request: EpisodeRequest, retries: int, reason: str) -> Episode:
+        log.warning("dropping episode %s seed %s: %s", request.task, request.seed, reason)
+        episode = Episode(
+            task=request.task,
+            seed=request.seed,
+            outcome="dropped",
+            infra_retries=retries,
+            drop_reason=reason,
+        )
+        self.observer.episode_done(episode)
+        return episode
+
+    async def _play_once(self, request: EpisodeRequest, avoid: set[str]) -> Episode:
+        max_turns = self.max_turns(request.task)
+        options = BrowserResetOptions(task=request.task, seed=request.seed)
+        async with self.pool.session(options, avoid=avoid) as session:
+            obs = session.observation
+            ep = Episode(task=request.task, seed=request.seed, endpoint=session.endpoint)
+            ep.prompt_ids = self.prompts.first_prompt(obs, max_turns)
+            for turn in range(1, max_turns + 1):
+                gen = await self.batcher.generate(ep.prompt_ids + ep.completion_ids, self.sampling)
+                self._append(ep, gen.token_ids, gen.logprobs, model=True)
+                ep.generated_tokens += len(gen.token_ids)
+                ep.policy_versions.append(gen.policy_version)
+                action = self._action_of(ep, gen.text)
+                obs = await session.step(action)
+                ep.turns = turn
+                if obs.done:
+                    ep.reward = float(obs.reward or 0.0)
+                    ep.outcome = "success" if ep.reward > 0 else "failure"
+                    break
+                if turn == max_turns:
+                    ep.outcome = "truncated"
+                    break
+                env_ids = self.prompts.next_turn(
+                    obs,
+                    turn=turn + 1,
+                    max_turns=max_turns,
+                    action=action,
+                    completion_ids=gen.token_ids,
+                    completion_finished=gen.finish_reason == "stop",
+                )
+                if not self._fits(ep, env_ids):
+                    ep.outcome = (
+                        "truncated"  # the context budget is spent: the policy took too long
+                    )
+                    break
+                self._append(ep, env_ids, [0.0] * len(env_ids), model=False)
+        if self._eos_id is not None and ep.completion_ids and ep.completion_ids[-1] != self._eos_id:
+            # Close the sequence for TRL's bookkeeping (masked: the model did not write it).
+            self._append(ep, [self._eos_id], [0.0], model=False)
+        return ep
+
+    def _action_of(self, ep: Episode, reply: str) -> str:
+        parsed = extract_action(reply, self.prompts.allowed)
+        self.observer.action(parsed is not None)
+        if parsed is not None:
+            action = str(parsed)
+        else:
+            ep.invalid_actions += 1
+            action = reply.strip()[:4096] or EMPTY_REPLY_ACTION
+        ep.actions.append(action)
+        return action
+
+    def _fits(self, ep: Episode, env_ids: list[int]) -> bool:
+        grown = len(ep.completion_ids) + len(env_ids) + self.sampling.max_new_tokens
+        return (
+            grown <= self.max_completion_tokens
+            and len(ep.prompt_ids) + grown <= self.max_context_tokens
+        )
+
+    @staticmethod
+    def _append(ep: Episode, ids: list[int], logprobs: list[float], *, model: bool) -> None:
+        ep.completion_ids.extend(ids)
+        ep.logprobs.extend(logprobs)
+        ep.env_mask.extend([1 if model else 0] * len(ids))
