@@ -12,6 +12,7 @@ import kubernetes_validate.utils as kube_validate
 import pytest
 import yaml
 
+from services.inference.config import InferenceConfig
 from services.trainer.config import load_config
 from tests.deploy.chartlib import (
     CHART,
@@ -99,6 +100,28 @@ def test_trainer_config_map_is_a_valid_trainer_config(rendered, value_set):
     assert config.inference.enabled == inference
     if inference:
         assert config.inference.mode == ("adapter" if config.lora.enabled else "full")
+
+
+@pytest.mark.parametrize("value_set", [v for v in VALUE_SETS if v != "cpu"])
+def test_inference_config_map_is_a_valid_inference_config(rendered, value_set):
+    """The ConfigMap `python -m services.inference --config` reads passes its own validation."""
+    config_map = one(rendered[value_set], "ConfigMap", "inference")
+    config = InferenceConfig.from_mapping(
+        yaml.safe_load(config_map["data"]["inference.yaml"]), env={}
+    )
+    assert config.host == "0.0.0.0"
+    assert config.enforce_eager is False  # GPU: CUDA graphs on
+    assert (config.weight_transfer_backend == "nccl") == (value_set == "full")
+    trainer = load_config(
+        yaml.safe_load(one(rendered[value_set], "ConfigMap", "trainer")["data"]["trainer.yaml"])
+    )
+    assert config.enable_lora == trainer.lora.enabled
+    assert trainer.generation.remote.model == config.served_model_name
+    deployment = one(rendered[value_set], "Deployment", "inference")
+    assert pod_spec(deployment)["containers"][0]["args"] == [
+        "--config",
+        "/etc/browser-rl/inference.yaml",
+    ]
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
