@@ -159,8 +159,11 @@ class EnvClient:
                 "MESSAGE_TIMEOUT", f"no reply from {self.ws_url} in {self.message_timeout_s} s"
             ) from exc
         except (ConnectionClosed, OSError) as exc:
+            # The server may have said why before closing (capacity, draining, idle): use it.
+            raw = await self._last_words()
             await self._drop()
-            raise EnvUnavailableError("CONNECTION_LOST", f"{self.ws_url}: {exc}") from exc
+            if raw is None:
+                raise EnvUnavailableError("CONNECTION_LOST", f"{self.ws_url}: {exc}") from exc
         reply = json.loads(raw)
         if reply.get("type") == "error":
             error = error_from_reply(reply.get("data") or {})
@@ -168,6 +171,13 @@ class EnvClient:
                 await self._drop()  # the server closes such sessions (or they are useless)
             raise error
         return reply
+
+    async def _last_words(self) -> str | bytes | None:
+        """A message the server sent before closing the connection, if one is buffered."""
+        try:
+            return await asyncio.wait_for(self._ws.recv(), timeout=1.0)
+        except (ConnectionClosed, TimeoutError, OSError):
+            return None
 
     async def _drop(self) -> None:
         ws, self._ws = self._ws, None

@@ -326,7 +326,9 @@ def _validate(model, data: Any):
         raise RequestError(
             EnvErrorCode.VALIDATION_ERROR,
             f"invalid {model.__name__}: {problems}",
-            errors=json.loads(exc.json(include_url=False)),
+            errors=[
+                {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+            ],
         ) from exc
 
 
