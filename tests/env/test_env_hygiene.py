@@ -39,7 +39,7 @@ async def test_idle_sessions_are_reaped(pod, metric):
         assert httpx.get(f"{pod}/ready").json()["sessions_active"] == 1
         await asyncio.sleep(3.5)
         assert httpx.get(f"{pod}/ready").json()["sessions_active"] == 0
-        with pytest.raises(EnvUnavailableError, match="idle for more than 1.5 s"):
+        with pytest.raises(EnvUnavailableError, match=r"idle for more than 1\.5 s"):
             await env.step("click('13')")
     assert metric(pod, "browserenv_errors_total", kind="idle_timeout") >= 1
     assert metric(pod, "browserenv_episodes_total", task="click-test", outcome="abandoned") >= 1

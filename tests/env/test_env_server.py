@@ -176,7 +176,7 @@ async def test_over_capacity_is_refused_at_once_and_clears(pod):
     ready = httpx.get(f"{pod}/ready")
     assert ready.status_code == 503 and ready.json()["reason"].startswith("full")
     started = time.monotonic()
-    with pytest.raises(EnvCapacityError, match=f"CAPACITY_REACHED: pod is full: {MAX_SESSIONS}/"):
+    with pytest.raises(EnvCapacityError, match=rf"CAPACITY_REACHED: pod is full: {MAX_SESSIONS}/"):
         async with EnvClient(pod) as extra:
             await extra.reset(task="click-test")
     assert time.monotonic() - started < 3.0  # refused at once, not queued behind browser work
@@ -235,7 +235,8 @@ def test_openenv_core_client_plays_an_episode(pod):
         assert "[13] button 'Click Me!'" in result.observation["axtree_txt"]
         result = env.step({"action_str": "click('13')"})
         assert (result.reward, result.done) == (1.0, True)
-        assert result.observation["error"] == "" and result.observation["last_action_error"] is False
+        assert result.observation["error"] == ""
+        assert result.observation["last_action_error"] is False
 
 
 def test_health_schema_metadata(pod):
