@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from services.protocol import actions, env
+from services.protocol import actions, env, inference
 
 
 def _bundle(title: str, version: str, models: dict[str, type[BaseModel]], **extra) -> dict:
@@ -38,6 +38,33 @@ def contract() -> dict[str, dict]:
             },
             error_codes=[code.value for code in env.EnvErrorCode],
             action_subsets={name: list(names) for name, names in actions.SUBSETS.items()},
+        ),
+        "inference.schema.json": _bundle(
+            "Inference service: policy-update protocol beside vLLM's OpenAI-compatible API",
+            inference.INFERENCE_PROTOCOL_VERSION,
+            {
+                "AdapterUpdate": inference.AdapterUpdate,
+                "FullUpdate": inference.FullUpdate,
+                "WeightTransferBegin": inference.WeightTransferBegin,
+                "WeightTransferCommit": inference.WeightTransferCommit,
+                "PolicyStatus": inference.PolicyStatus,
+                "PolicyUpdateResult": inference.PolicyUpdateResult,
+                "PolicyUpdateError": inference.PolicyUpdateError,
+            },
+            routes={
+                "GET /v1/policy": "PolicyStatus",
+                "GET /ready": "PolicyStatus (200 ready, 503 while weights are swapped or failed)",
+                "POST /v1/policy/adapter": "AdapterUpdate -> PolicyUpdateResult",
+                "POST /v1/policy/adapter/upload": (
+                    "multipart: version (form field) + files (adapter_config.json, "
+                    "adapter_model.safetensors) -> PolicyUpdateResult"
+                ),
+                "POST /v1/policy/weights": "FullUpdate -> PolicyUpdateResult",
+                "POST /v1/policy/weights/begin": "WeightTransferBegin -> PolicyStatus",
+                "POST /v1/policy/weights/commit": "WeightTransferCommit -> PolicyUpdateResult",
+            },
+            error_status={code.value: status for code, status in inference.ERROR_STATUS.items()},
+            generation_header=inference.POLICY_VERSION_HEADER,
         ),
     }
 

@@ -1,0 +1,3 @@
+from services.inference.server import main
+
+main()
