@@ -49,6 +49,12 @@ proto: setup ## regenerate the wire contract in proto/ from the code
 test: setup ## run the test suite (real Chromium, tiny random models)
 	$(PY) -m pytest -q -ra
 
+# --- env ---
+.PHONY: bench-env
+
+bench-env: setup ## env pod vs upstream design: episodes/s, reset/step p50/p95 at 1-8 sessions (runs/bench_env.json)
+	$(PY) scripts/bench_env.py --out runs/bench_env.json
+
 # --- deploy ---
 .PHONY: chart-test chart-golden dashboards docker-lint up
 
