@@ -53,6 +53,12 @@ class Engine(Protocol):
     async def resume(self) -> None: ...
     async def reload_weights(self, path: str) -> None: ...
     async def reset_prefix_cache(self) -> None: ...
+    # vLLM's native weight transfer (NCCL); only with weight_transfer_backend set.
+    async def transfer_init(self, init_info: dict) -> None: ...
+    async def transfer_start(self) -> None: ...
+    async def transfer_update(self, update_info: dict | list) -> None: ...
+    async def transfer_finish(self, version: str) -> None: ...
+    async def transfer_shutdown(self) -> None: ...
 
 
 class EngineRefused(Exception):
@@ -118,7 +124,7 @@ class PolicyManager:
         pause_mode: Literal["wait", "abort"],
         base_shapes: dict[str, tuple[int, ...]],
     ) -> None:
-        self._engine = engine
+        self.engine = engine
         self._base_model = base_model
         self._served_name = served_name
         self._adapters_dir = update_dir / "adapters"
@@ -214,7 +220,7 @@ class PolicyManager:
                 await asyncio.to_thread(
                     validate_adapter, folder, self._base_shapes, self._max_lora_rank
                 )
-                await self._engine.load_adapter(name, str(folder))
+                await self.engine.load_adapter(name, str(folder))
             except EngineRefused as error:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise UpdateRefused(
@@ -259,7 +265,7 @@ class PolicyManager:
     async def _retire_adapter(self, name: str) -> None:
         """Hide the old name and delete folders beyond the newest ``keep`` versions."""
         try:
-            await self._engine.unload_adapter(name)
+            await self.engine.unload_adapter(name)
         except EngineRefused as error:
             log.warning("could not unload adapter %s: %s", name, error)
         self._adapter_versions.pop(name, None)
@@ -278,11 +284,11 @@ class PolicyManager:
             await asyncio.to_thread(validate_checkpoint, folder, self._base_shapes)
             async with self._weights_swap():
                 try:
-                    await self._engine.reload_weights(str(folder))
+                    await self.engine.reload_weights(str(folder))
                 except Exception as error:
                     self._mark_failed(f"full reload of version {version} failed: {error}")
                     raise
-                await self._engine.reset_prefix_cache()
+                await self.engine.reset_prefix_cache()
                 self._install_full(version, str(folder))
             return PolicyUpdateResult(
                 version=version,
@@ -313,7 +319,7 @@ class PolicyManager:
         await self.gate.close()
         try:
             # abort: running generations end now (finish_reason "abort"); wait: they finish.
-            await self._engine.pause(self._pause_mode)
+            await self.engine.pause(self._pause_mode)
             await self.gate.drained()
         except BaseException:
             await self._release_generations()
@@ -322,7 +328,7 @@ class PolicyManager:
     async def _release_generations(self) -> None:
         try:
             if self.failed is None:
-                await self._engine.resume()
+                await self.engine.resume()
         finally:
             self._swapping = False
             metrics.READY.set(1 if self.failed is None else 0)
@@ -343,8 +349,29 @@ class PolicyManager:
         except BaseException:
             self._update_lock.release()
             raise
+        try:
+            await self.engine.transfer_start()
+        except Exception as error:
+            self._mark_failed(f"native weight transfer of version {version} did not start: {error}")
+            await self._release_generations()
+            self._update_lock.release()
+            raise
         self._transfer_version = version
         self._transfer_started = time.perf_counter()
+
+    async def transfer_update(self, update_info: dict | list) -> None:
+        """One chunk of a native transfer; a failure leaves mixed weights, so it is fatal."""
+        if self._transfer_version is None:
+            raise UpdateRefused(
+                PolicyErrorCode.INVALID_UPDATE, "no weight transfer in progress: call begin first"
+            )
+        try:
+            await self.engine.transfer_update(update_info)
+        except Exception as error:
+            self._mark_failed(
+                f"native weight transfer of version {self._transfer_version}: {error}"
+            )
+            raise
 
     async def commit_transfer(self, version: int, succeeded: bool) -> PolicyUpdateResult:
         if self._transfer_version != version:
@@ -359,7 +386,12 @@ class PolicyManager:
                 metrics.WEIGHT_UPDATES.labels(kind.value, "error").inc()
                 self._mark_failed(f"native weight transfer of version {version} failed")
                 raise UpdateRefused(PolicyErrorCode.FAILED, self.failed or "")
-            await self._engine.reset_prefix_cache()
+            try:
+                await self.engine.transfer_finish(str(version))
+                await self.engine.reset_prefix_cache()
+            except Exception as error:
+                self._mark_failed(f"finishing the transfer of version {version} failed: {error}")
+                raise
             self._install_full(version, "nccl")
             seconds = time.perf_counter() - self._transfer_started
             metrics.WEIGHT_UPDATES.labels(kind.value, "ok").inc()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Body, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -111,6 +111,33 @@ async def begin_weight_transfer(body: WeightTransferBegin, request: Request) -> 
 async def commit_weight_transfer(body: WeightTransferCommit, request: Request) -> JSONResponse:
     manager = _manager(request)
     return await _apply(manager, manager.commit_transfer(body.version, body.succeeded))
+
+
+@router.post("/v1/policy/transfer/{operation}")
+async def native_weight_transfer(
+    operation: Literal["init", "update", "shutdown"],
+    payload: Annotated[dict[str, Any], Body()],
+    request: Request,
+) -> JSONResponse:
+    """vLLM's native weight-transfer control plane, authenticated (vLLM's own routes need dev mode).
+
+    ``init``: ``{"init_info": {...}}``; ``update``: ``{"update_info": ...}`` (only between begin and
+    commit); ``shutdown``: ``{}``. Bodies are vLLM's ``WeightTransfer*Request`` payloads.
+    """
+    manager = _manager(request)
+    try:
+        if operation == "init":
+            await manager.engine.transfer_init(payload.get("init_info") or {})
+        elif operation == "update":
+            await manager.transfer_update(payload.get("update_info") or {})
+        else:
+            await manager.engine.transfer_shutdown()
+    except UpdateRefused as refused:
+        return _refusal(manager, refused.code, refused.message)
+    except Exception as error:
+        code = PolicyErrorCode.FAILED if manager.failed else PolicyErrorCode.ENGINE_ERROR
+        return _refusal(manager, code, f"{type(error).__name__}: {error}")
+    return JSONResponse({"operation": operation, "ok": True})
 
 
 class PolicyVersionMiddleware:

@@ -61,6 +61,27 @@ class VllmEngine:
         if not await self._client.reset_prefix_cache():
             raise RuntimeError("vLLM could not reset its prefix cache (blocks still held)")
 
+    async def transfer_init(self, init_info: dict) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        await self._client.init_weight_transfer_engine(
+            WeightTransferInitRequest(init_info=init_info)
+        )
+
+    async def transfer_start(self) -> None:
+        await self._client.start_weight_update()
+
+    async def transfer_update(self, update_info: dict | list) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        await self._client.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+
+    async def transfer_finish(self, version: str) -> None:
+        await self._client.finish_weight_update(version)
+
+    async def transfer_shutdown(self) -> None:
+        await self._client.shutdown_weight_transfer_engine()
+
 
 async def serve(config: InferenceConfig, args: argparse.Namespace, port_file: Path | None) -> None:
     import vllm.envs as envs

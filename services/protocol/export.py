@@ -62,6 +62,10 @@ def contract() -> dict[str, dict]:
                 "POST /v1/policy/weights": "FullUpdate -> PolicyUpdateResult",
                 "POST /v1/policy/weights/begin": "WeightTransferBegin -> PolicyStatus",
                 "POST /v1/policy/weights/commit": "WeightTransferCommit -> PolicyUpdateResult",
+                "POST /v1/policy/transfer/{init|update|shutdown}": (
+                    "vLLM's native weight-transfer payloads ({init_info}, {update_info}, {}), "
+                    "authenticated; update only between begin and commit"
+                ),
             },
             error_status={code.value: status for code, status in inference.ERROR_STATUS.items()},
             generation_header=inference.POLICY_VERSION_HEADER,
