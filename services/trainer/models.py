@@ -178,6 +178,10 @@ def _convert_gemma_gguf(out_dir: Path) -> None:
 _LFM2_350M = {
     "vocab_size": 65536,
     "hidden_size": 1024,
+    # Not read by transformers, but vLLM's LFM2 implementation needs them (as in the real file).
+    "conv_dim": 1024,
+    "conv_dim_out": 1024,
+    "block_dim": 1024,
     "intermediate_size": 6656,
     "num_hidden_layers": 16,
     "num_attention_heads": 16,
@@ -194,12 +198,13 @@ _LFM2_350M = {
     "layer_types": ["full_attention" if i in (2, 5, 8, 10, 12, 14) else "conv" for i in range(16)],
 }
 
+# head_dim 32: vLLM's CPU attention rejects 16.
 _TINY = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
     "max_position_embeddings": 8192,
     "tie_word_embeddings": True,
 }
@@ -251,9 +256,9 @@ def build_random_model(
 ) -> Path:
     """Write a randomly initialised causal LM plus a locally trained tokenizer to ``out_dir``.
 
-    ``arch``: ``lfm2`` | ``qwen2`` | ``llama``. ``size``: ``tiny`` (hidden 64, 2 layers, vocab
-    1024; LFM2 gets one conv and one attention layer) or ``lfm2-350m`` (LFM2 only: the real
-    LFM2-350M shape, vocab 65536). The same arguments give byte-identical files.
+    ``arch``: ``lfm2`` | ``qwen2`` | ``llama``. ``size``: ``tiny`` (hidden 64, 2 layers, 2
+    heads of 32, vocab 1024; LFM2 gets one conv and one attention layer) or ``lfm2-350m`` (LFM2
+    only: the real LFM2-350M shape, vocab 65536). The same arguments give byte-identical files.
     ``chat_template``: give the tokenizer a ChatML template (False: a base-model-like tokenizer).
     """
     import torch
@@ -298,7 +303,8 @@ def random_model_config(arch: str, size: str = "tiny"):
         return Lfm2Config(**_LFM2_350M)
     common = {**_TINY, "vocab_size": _TINY_VOCAB}
     if arch == "lfm2":
-        return Lfm2Config(**common, layer_types=["conv", "full_attention"], norm_eps=1e-5)
+        dims = dict.fromkeys(("conv_dim", "conv_dim_out", "block_dim"), _TINY["hidden_size"])
+        return Lfm2Config(**common, **dims, layer_types=["conv", "full_attention"], norm_eps=1e-5)
     if arch == "qwen2":
         return Qwen2Config(**common)
     return LlamaConfig(**common)

@@ -30,6 +30,10 @@ def test_random_model_loads_offline_and_generates(tmp_path, arch):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert model.config.model_type == arch
     assert model.config.vocab_size == len(tokenizer) == 1024
+    heads = model.config.num_attention_heads
+    assert model.config.hidden_size // heads == 32  # vLLM's CPU attention rejects 16
+    if arch == "lfm2":  # vLLM's LFM2 reads these, as the published config.json has them
+        assert model.config.conv_dim == model.config.block_dim == model.config.hidden_size
     assert tokenizer.pad_token == "<|pad|>" and tokenizer.pad_token_id == model.config.pad_token_id
     prompt = tokenizer("Task: Click the button.\nAction:", return_tensors="pt")
     torch.manual_seed(0)
@@ -77,6 +81,7 @@ def test_lfm2_350m_shape_matches_the_published_model():
     assert 350e6 < params < 360e6  # LFM2-350M: 354M parameters
     assert config.layer_types.count("full_attention") == 6 and len(config.layer_types) == 16
     assert model.model.layers[0].feed_forward.w1.out_features == 4608
+    assert config.conv_dim == config.conv_dim_out == config.block_dim == 1024
 
 
 @pytest.mark.parametrize(
