@@ -302,3 +302,35 @@ def test_inconsistent_values_fail_the_render_with_a_reason(values, message):
     with pytest.raises(helm.HelmRenderError) as refused:
         render(values)
     assert message in str(refused.value)
+
+
+def test_inference_init_container_fetches_the_hub_model_only_when_missing(rendered, tmp_path):
+    """The init container's script, run for real on a cache that already holds the model: it
+    must not touch the network (that path is the only one runnable offline)."""
+    import subprocess
+    import sys
+
+    deployment = one(rendered["default"], "Deployment", "inference")
+    (init,) = pod_spec(deployment)["initContainers"]
+    script, target, repo = init["args"]
+    config = InferenceConfig.from_mapping(
+        yaml.safe_load(
+            one(rendered["default"], "ConfigMap", "inference")["data"]["inference.yaml"]
+        ),
+        env={},
+    )
+    assert target == config.model == f"/models/{repo}"
+    cached = tmp_path / "models" / repo
+    cached.mkdir(parents=True)
+    (cached / "config.json").write_text("{}")
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(cached), repo],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "model ready" in result.stdout
+    local = render({"inference": {"model": "/models/my-policy"}})
+    assert "initContainers" not in pod_spec(one(local, "Deployment", "inference"))

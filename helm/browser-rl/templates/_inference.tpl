@@ -2,7 +2,7 @@
 {{- define "browser-rl.inferenceConfig" -}}
 {{- $v := .Values.inference -}}
 {{- $config := dict
-    "model" $v.model
+    "model" (include "browser-rl.inferenceModelPath" .)
     "served_model_name" $v.servedModelName
     "host" "0.0.0.0"
     "port" (int $v.port)
@@ -21,4 +21,14 @@
 {{- if eq $v.weightTransfer.mode "nccl" }}{{ $_ := set $config "weight_transfer_backend" "nccl" }}{{ end -}}
 {{- if include "browser-rl.secretsEnabled" . }}{{ $_ := set $config "api_key_env" "VLLM_API_KEY" }}{{ end -}}
 {{- toYaml $config }}
+{{- end -}}
+
+{{/* Where the served model lives in the pod: a path as given, or /models/<hub id> (fetched by
+the init container). */}}
+{{- define "browser-rl.inferenceModelPath" -}}
+{{- if hasPrefix "/" .Values.inference.model -}}
+{{- .Values.inference.model -}}
+{{- else -}}
+{{- printf "/models/%s" .Values.inference.model -}}
+{{- end -}}
 {{- end -}}
