@@ -111,7 +111,9 @@ def test_inference_config_map_is_a_valid_inference_config(rendered, value_set):
     )
     assert config.host == "0.0.0.0"
     assert config.enforce_eager is False  # GPU: CUDA graphs on
-    assert (config.weight_transfer_backend == "nccl") == (value_set == "full")
+    assert config.weight_transfer_backend is None  # no value set uses NCCL (see NCCL_VALUES)
+    if value_set == "full":
+        assert config.update_dir.startswith("/policy/")
     trainer = load_config(
         yaml.safe_load(one(rendered[value_set], "ConfigMap", "trainer")["data"]["trainer.yaml"])
     )
@@ -220,14 +222,59 @@ def test_dashboard_config_map_carries_the_sidecar_label_and_valid_json(rendered)
     assert dashboard["panels"]
 
 
-def test_nccl_port_is_exposed_only_for_nccl_weight_transfer(rendered):
-    def ports(value_set):
-        return {
-            p["name"] for p in one(rendered[value_set], "Service", "inference")["spec"]["ports"]
-        }
+NCCL_VALUES = {
+    "trainer": {"config": {"lora": {"enabled": False}}},
+    "inference": {"lora": {"enabled": False}, "weightTransfer": {"mode": "nccl"}},
+}
 
-    assert ports("full") == {"http", "nccl"}
-    assert ports("lora") == {"http"}
+
+def policy_sync(rendered_set: dict[str, str]):
+    """The trainer's `inference:` section and its `extra`, validated by the policy-sync code."""
+    from services.trainer.policy_sync import PolicySyncSettings
+
+    config = load_config(
+        yaml.safe_load(one(rendered_set, "ConfigMap", "trainer")["data"]["trainer.yaml"])
+    )
+    return config.inference, PolicySyncSettings.model_validate(config.inference.extra)
+
+
+def test_weight_transfer_wiring_per_mode(rendered):
+    nccl_inference = InferenceConfig.from_mapping(
+        yaml.safe_load(
+            one(render(NCCL_VALUES), "ConfigMap", "inference")["data"]["inference.yaml"]
+        ),
+        env={},
+    )
+    assert nccl_inference.weight_transfer_backend == "nccl"
+    sync, settings = policy_sync(rendered["lora"])
+    assert (sync.mode, settings.transport, sync.shared_dir) == ("adapter", "upload", None)
+
+    sync, settings = policy_sync(rendered["full"])
+    assert (sync.mode, settings.transport) == ("full", "shared_dir")
+    claim = one(rendered["full"], "PersistentVolumeClaim", "policy")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for kind, component in (("Job", "trainer"), ("Deployment", "inference")):
+        spec = pod_spec(one(rendered["full"], kind, component))
+        mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+        claims = {
+            v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in spec["volumes"]
+        }
+        assert claims[mounts["/policy"]] == claim["metadata"]["name"]
+    assert str(sync.shared_dir).startswith("/policy/")
+
+    nccl = render(NCCL_VALUES)
+    sync, settings = policy_sync(nccl)
+    assert (sync.mode, settings.transport) == ("full", "nccl")
+    service = one(nccl, "Service", "trainer")
+    assert service["spec"]["clusterIP"] == "None"
+    assert settings.nccl_master_address == f"{service['metadata']['name']}.{NAMESPACE}.svc"
+    assert service["spec"]["ports"][0]["port"] == settings.nccl_master_port
+    assert not [
+        m for m in objects(rendered["lora"], "Service") if "trainer" in m["metadata"]["name"]
+    ]
+    for value_set in ("default", "full", "lora"):
+        ports = one(rendered[value_set], "Service", "inference")["spec"]["ports"]
+        assert [p["name"] for p in ports] == ["http"]
 
 
 def test_changing_trainer_config_replaces_the_job_and_scaling_env_does_not():
@@ -296,6 +343,7 @@ def test_bad_values_are_refused_naming_the_key(values, where):
         ),
         ({"trainer": {"config": {"lora": {"r": 64}}}}, "exceeds inference.lora.maxRank"),
         ({"inference": {"lora": {"enabled": False}}}, "needs inference.lora.enabled"),
+        ({"inference": {"weightTransfer": {"mode": "nccl"}}}, "mode nccl carries full weights"),
     ],
 )
 def test_inconsistent_values_fail_the_render_with_a_reason(values, message):

@@ -20,15 +20,38 @@
 {{- if and $v.inference.enabled $lora (gt (int (default 8 (default dict $v.trainer.config.lora).r)) (int $v.inference.lora.maxRank)) }}
 {{- fail "trainer.config.lora.r exceeds inference.lora.maxRank: vLLM would refuse the adapter" }}
 {{- end }}
+{{- $transfer := $v.inference.weightTransfer.mode -}}
+{{- if and $v.inference.enabled $lora (eq $transfer "nccl") }}
+{{- fail "inference.weightTransfer.mode nccl carries full weights: set trainer.config.lora.enabled false" }}
+{{- end }}
 {{- if $v.inference.enabled }}
 {{- $remote := dict "base_url" (include "browser-rl.inferenceURL" .) "model" $v.inference.servedModelName -}}
-{{- if include "browser-rl.secretsEnabled" . }}{{ $_ := set $remote "api_key_env" "VLLM_API_KEY" }}{{ end -}}
+{{- $extra := dict -}}
+{{- if include "browser-rl.secretsEnabled" . }}
+{{- $_ := set $remote "api_key_env" "VLLM_API_KEY" -}}
+{{- $_ := set $extra "api_key_env" "VLLM_API_KEY" -}}
+{{- end }}
 {{- $_ := set $overlay "generation" (dict "backend" "remote" "remote" $remote) -}}
 {{- $sync := dict "enabled" true "base_url" (include "browser-rl.inferenceURL" .) "mode" (ternary "adapter" "full" $lora) -}}
-{{- if $v.policyVolume.enabled }}{{ $_ := set $sync "shared_dir" "/policy" }}{{ end -}}
+{{- if eq $transfer "sharedVolume" }}
+{{- $_ := set $sync "shared_dir" "/policy/updates" -}}
+{{- $_ := set $extra "transport" "shared_dir" -}}
+{{- else if eq $transfer "nccl" }}
+{{- $_ := set $extra "transport" "nccl" -}}
+{{- $_ := set $extra "nccl_master_address" (printf "%s.%s.svc" (include "browser-rl.componentName" (dict "root" . "component" "trainer")) .Release.Namespace) -}}
+{{- $_ := set $extra "nccl_master_port" (int $v.inference.weightTransfer.ncclPort) -}}
+{{- else }}
+{{- $_ := set $extra "transport" "upload" -}}
+{{- end }}
+{{- $_ := set $sync "extra" $extra -}}
 {{- $_ := set $overlay "inference" $sync -}}
 {{- end }}
-{{- mergeOverwrite (deepCopy $v.trainer.config) $overlay | toYaml }}
+{{- $config := mergeOverwrite (deepCopy $v.trainer.config) $overlay -}}
+{{- /* A restarted trainer pod resumes from its newest checkpoint unless the values say otherwise. */ -}}
+{{- $checkpoint := default dict $config.checkpoint -}}
+{{- if not (hasKey $checkpoint "resume_from_checkpoint") }}{{ $_ := set $checkpoint "resume_from_checkpoint" true }}{{ end -}}
+{{- $_ := set $config "checkpoint" $checkpoint -}}
+{{- toYaml $config }}
 {{- end -}}
 
 {{/* The trainer's pod template; the Job's name carries its hash so a changed template replaces the Job. */}}
@@ -77,6 +100,11 @@ spec:
         - name: metrics
           containerPort: {{ $v.metricsPort }}
           protocol: TCP
+        {{- if and .Values.inference.enabled (eq .Values.inference.weightTransfer.mode "nccl") }}
+        - name: nccl
+          containerPort: {{ .Values.inference.weightTransfer.ncclPort }}
+          protocol: TCP
+        {{- end }}
       startupProbe:
         # Model loading comes first; /metrics answers as soon as the process is up.
         httpGet: {path: /metrics, port: metrics}
