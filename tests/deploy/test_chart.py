@@ -86,6 +86,17 @@ def test_render_matches_golden_file(rendered, value_set):
     )
 
 
+def test_trainer_config_schema_is_the_trainers_own_model():
+    """values.schema.json embeds TrainerConfig's schema: `make chart-schema` after a change."""
+    import json
+
+    from scripts.chart_schema import SCHEMA, updated_schema
+    from scripts.chart_schema import render as render_schema
+
+    current = json.loads(SCHEMA.read_text())
+    assert SCHEMA.read_text() == render_schema(updated_schema(current)), "run `make chart-schema`"
+
+
 @pytest.mark.parametrize("value_set", VALUE_SETS)
 def test_trainer_config_map_is_a_valid_trainer_config(rendered, value_set):
     """The ConfigMap the trainer reads passes the trainer's own config validation."""
@@ -318,7 +329,10 @@ BAD_VALUES = [
     ({"inference": {"weightTransfer": {"mode": "nccl"}, "gpus": 0}}, "/inference/gpus"),
     ({"inference": {"weightTransfer": {"mode": "sharedVolume"}}}, "/policyVolume/enabled"),
     ({"trainer": {"gpus": -1}}, "/trainer/gpus"),
-    ({"trainer": {"config": {"model": {"source": ""}}}}, "/trainer/config/model/source"),
+    ({"trainer": {"config": {"grpo": {"max_stepz": 3}}}}, "additional properties 'max_stepz'"),
+    ({"trainer": {"config": {"grpo": {"max_steps": 0}}}}, "/trainer/config/grpo/max_steps"),
+    ({"trainer": {"config": {"lora": {"r": "big"}}}}, "/trainer/config/lora/r"),
+    ({"trainer": {"config": {"generation": {"backend": "tpu"}}}}, "/trainer/config/generation"),
     ({"monitoring": {"podMonitors": {"interval": "soon"}}}, "/monitoring/podMonitors/interval"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ({"secrets": {"create": True}}, "/secrets"),
