@@ -358,15 +358,27 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench_env.json")
     parser.add_argument("--tasks", nargs="+", default=["click-test", "book-flight"])
     parser.add_argument("--sessions", nargs="+", type=int, default=[1, 2, 4, 8])
-    parser.add_argument("--window-s", type=float, default=6.0)
+    parser.add_argument(
+        "--window-s", type=float, default=6.0, help="per run; book-flight gets twice this"
+    )
     parser.add_argument("--designs", nargs="*", default=["one-thread", "processes"])
     parser.add_argument("--design-sessions", nargs="+", type=int, default=[2, 4])
-    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--baseline-sessions",
+        nargs="*",
+        type=int,
+        default=[1, 2, 4],
+        help="the baseline serves every session on one thread, so it is flat in the session "
+        "count; 8 sessions cost minutes (pass it explicitly to measure)",
+    )
     parser.add_argument("--soak-episodes", type=int, default=0)
     args = parser.parse_args()
     config = EnvServerConfig()
     top = max(args.sessions)
     rows: list[dict] = []
+
+    def window(task: str) -> float:
+        return args.window_s * (2 if task == "book-flight" else 1)
 
     def record(run: Run) -> None:
         rows.append(run.summary())
@@ -381,7 +393,7 @@ def main() -> None:
     with start_local_env_pods(1, max_sessions=top, prewarm_browsers=top) as urls:
         for task in args.tasks:
             for n in args.sessions:
-                record(run_service(urls, "service", task, n, args.window_s))
+                record(run_service(urls, "service", task, n, window(task)))
         if args.soak_episodes:
             soak_samples = soak(urls[0], args.soak_episodes)
     if "one-thread" in args.designs:
@@ -392,15 +404,15 @@ def main() -> None:
         for n in args.design_sessions:
             with start_local_env_pods(n, max_sessions=1) as urls:
                 record(run_service(urls, "processes", "click-test", n, args.window_s))
-    if not args.no_baseline:
+    if args.baseline_sessions:
         # Not the main thread: asyncio.run() left an event loop policy there that sync
         # Playwright refuses to share.
         with concurrent.futures.ThreadPoolExecutor(1, "baseline-executor") as executor:
             for task in args.tasks:
-                for n in args.sessions:
+                for n in args.baseline_sessions:
                     record(
                         executor.submit(
-                            run_baseline, task, n, args.window_s, config.chromium_path
+                            run_baseline, task, n, window(task), config.chromium_path
                         ).result()
                     )
     phases = phase_split(config)
