@@ -1,0 +1,84 @@
+"""Env pieces that need no browser: config loading, the task catalogue, client error mapping."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from services.env.client import (
+    EnvCapacityError,
+    EnvClient,
+    EnvRequestError,
+    EnvUnavailableError,
+    error_from_reply,
+)
+from services.env.config import load_config
+from services.env.oracle import nodes
+from services.env.tasks import TASK_CLASSES, TaskCatalog, UnknownTaskError
+
+
+def test_config_layers_yaml_then_environment_then_overrides(tmp_path):
+    path = tmp_path / "pod.yaml"
+    path.write_text("max_sessions: 6\nmax_steps: 15\nallowed_tasks: [click-test]\n")
+    environ = {"BROWSERENV_MAX_STEPS": "20", "BROWSERENV_ACTION_SUBSETS": '["miniwob_liu18"]'}
+    config = load_config(path, environ=environ, max_sessions=None, port=9100)
+    assert (config.max_sessions, config.max_steps, config.port) == (6, 20, 9100)
+    assert config.allowed_tasks == ["click-test"] and config.action_subsets == ["miniwob_liu18"]
+    assert config.worker_count == 6
+
+
+def test_config_rejects_bad_values_with_the_reason():
+    with pytest.raises(ValidationError, match="unknown action subset"):
+        load_config(environ={}, action_subsets=["teleport"])
+    with pytest.raises(ValidationError, match="max_sesions"):
+        load_config(environ={}, max_sesions=3)
+
+
+def test_catalog_has_all_125_tasks_and_accepts_prefixed_names():
+    assert len(TASK_CLASSES) == 125
+    catalog = TaskCatalog()
+    for name in ["click-test", "miniwob.click-test", "browsergym/miniwob.click-test"]:
+        assert catalog.resolve(name).subdomain == "click-test"
+
+
+def test_catalog_allow_list():
+    catalog = TaskCatalog(["login-user", "miniwob.click-test"])
+    assert catalog.allowed == ("click-test", "login-user")
+    with pytest.raises(UnknownTaskError, match="not allowed on this pod; valid tasks: click"):
+        catalog.resolve("enter-text")
+    with pytest.raises(UnknownTaskError, match="names unknown MiniWoB task"):
+        TaskCatalog(["click-tset"])
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        ("CAPACITY_REACHED", EnvCapacityError),
+        ("DRAINING", EnvUnavailableError),
+        ("TIMEOUT", EnvUnavailableError),
+        ("BROWSER_ERROR", EnvUnavailableError),
+        ("SESSION_ERROR", EnvUnavailableError),
+        ("UNKNOWN_TASK", EnvRequestError),
+        ("VALIDATION_ERROR", EnvRequestError),
+        ("NOT_RESET", EnvRequestError),
+    ],
+)
+def test_error_codes_map_to_what_the_caller_should_do(code, kind):
+    error = error_from_reply({"code": code, "message": "why"})
+    assert type(error) is kind and (error.code, error.message) == (code, "why")
+
+
+async def test_unreachable_pod_is_unavailable():
+    with pytest.raises(EnvUnavailableError, match="CONNECT_FAILED"):
+        async with EnvClient("http://127.0.0.1:9", connect_timeout_s=2) as env:
+            await env.reset()
+    with pytest.raises(ValueError, match="needs a scheme"):
+        EnvClient("127.0.0.1:8000")
+
+
+def test_oracle_reads_bids_from_the_accessibility_tree():
+    tree = "RootWebArea 'x'\n\t[13] button 'Click Me!'\n\t\t[a4] textbox ''\n\tStaticText 'y'"
+    assert [(n.bid, n.role, n.name) for n in nodes(tree)] == [
+        ("13", "button", "Click Me!"),
+        ("a4", "textbox", ""),
+    ]
