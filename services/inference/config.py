@@ -159,6 +159,7 @@ class InferenceConfig(BaseModel):
         ]
         # Our version pinning, through vLLM's supported middleware hook.
         args += ["--middleware", "services.inference.routes.PolicyVersionMiddleware"]
+        args += ["--worker-extension-cls", "services.inference.worker.PolicyWorkerExtension"]
         if self.enforce_eager:
             args.append("--enforce-eager")
         if self.enable_lora:

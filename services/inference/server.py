@@ -56,6 +56,7 @@ class VllmEngine:
 
     async def reload_weights(self, path: str) -> None:
         await self._client.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        await self._client.collective_rpc("retie_word_embeddings")  # see worker.py
 
     async def reset_prefix_cache(self) -> None:
         if not await self._client.reset_prefix_cache():

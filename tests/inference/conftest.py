@@ -1,0 +1,62 @@
+"""Fixtures of the ``vllm``-marked tests: real models on disk and real vLLM CPU servers.
+
+Servers are module-scoped (one start per model, ~1 min on 2 cores) and always stopped; the KV
+cache is kept at 1 GiB because the machine is shared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.inference.config import InferenceConfig
+
+
+def sharpened_random_lfm2(out_dir: Path) -> Path:
+    """The tiny random LFM2 with weights scaled up so greedy choices are not near-ties.
+
+    At the default init (std 0.02) all logits are almost equal, and float rounding differences
+    between two correct implementations would flip argmaxes; std ~0.4 gives clear winners.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from services.trainer.models import build_random_model
+
+    folder = build_random_model("lfm2", out_dir, size="tiny", chat_template=False)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:
+                parameter.mul_(20.0)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_lfm2(tmp_path_factory) -> Path:
+    return sharpened_random_lfm2(tmp_path_factory.mktemp("lfm2-tiny"))
+
+
+@pytest.fixture(scope="module")
+def gemma() -> Path:
+    from services.trainer.models import resolve_model
+
+    return resolve_model("pypi:gemma3-270m")
+
+
+def serve(model: Path, update_dir: Path, **overrides):
+    """Context manager: a real vLLM server on a free loopback port, float32 for HF parity."""
+    from services.inference.local import start_local_inference
+
+    config = InferenceConfig(
+        model=str(model),
+        dtype="float32",
+        max_model_len=512,
+        max_lora_rank=8,
+        cpu_kvcache_space_gib=1,
+        update_dir=str(update_dir),
+        **overrides,
+    )
+    return start_local_inference(config, log_file=update_dir / "server.log")
