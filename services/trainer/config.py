@@ -157,6 +157,9 @@ class PromptConfig(_Section):
     axtree_max_tokens: int = Field(
         384, ge=16, description="Accessibility tree budget per observation, in policy tokens."
     )
+    compact_axtree: bool = Field(
+        True, description="Drop InlineTextBox lines and the page URL from the tree (fewer tokens)."
+    )
     max_prompt_tokens: int = Field(
         3072, ge=64, description="Whole episode context cap; the episode ends (truncated) above."
     )
@@ -344,6 +347,13 @@ class TrainerConfig(_Section):
             raise ValueError(
                 f"eval seeds [{self.eval.seed_start}, {eval_stop}) overlap the training seeds "
                 f"[{self.tasks.seed_start}, {train_stop}): held-out seeds must be unseen"
+            )
+        pod_subsets = self.env.local.extra.get("action_subsets")
+        if pod_subsets is not None and list(pod_subsets) != list(self.prompt.action_subsets):
+            raise ValueError(
+                f"env.local.extra.action_subsets {pod_subsets} differs from "
+                f"prompt.action_subsets {self.prompt.action_subsets}: the prompt would offer "
+                "actions the pods reject (or hide ones they accept)"
             )
         if self.model.dtype != "float32" and self.use_cpu:
             raise ValueError("model.dtype must be float32 with use_cpu (bf16 training on CPU)")

@@ -164,12 +164,15 @@ class EnvPool:
         while True:
             ep = self._pick(avoid)
             if ep is None:
-                if time.monotonic() > deadline:
+                if self._all_busy():
+                    # Healthy endpoints, all sessions in use: queueing is normal, not a failure.
+                    deadline = time.monotonic() + self.wait_for_endpoint_s
+                elif time.monotonic() > deadline:
                     raise NoEndpointsError(
                         "no_endpoint",
                         None,
-                        f"no env endpoint with a free session for {self.wait_for_endpoint_s:.0f} s "
-                        f"(endpoints: {self.active_sessions() or 'none'})",
+                        f"no usable env endpoint for {self.wait_for_endpoint_s:.0f} s "
+                        f"(endpoints and our sessions: {self.active_sessions() or 'none'})",
                     )
                 changed = self._changed
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -206,6 +209,11 @@ class EnvPool:
         ]
         preferred = [ep for ep in usable if ep.url not in avoid] or usable
         return min(preferred, key=lambda ep: ep.active, default=None)
+
+    def _all_busy(self) -> bool:
+        """Some endpoint is healthy and would take a session if one of ours ended."""
+        now = time.monotonic()
+        return any(not ep.draining and ep.unusable_until <= now for ep in self._endpoints.values())
 
     def mark_failed(self, url: str) -> None:
         """An episode on ``url`` failed for infrastructure reasons: back off from it."""

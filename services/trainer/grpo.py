@@ -212,6 +212,7 @@ class BrowserRollout:
             fmt=resolve_format(tokenizer, cfg.model.prompt_format),
             action_subsets=cfg.prompt.action_subsets,
             axtree_max_tokens=cfg.prompt.axtree_max_tokens,
+            compact_axtree=cfg.prompt.compact_axtree,
         )
         gen = cfg.generation
         self.sampling = SamplingParams(

@@ -14,6 +14,7 @@ Two formats:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -31,26 +32,26 @@ _INSTRUCTIONS = (
 # Worked examples in the env's accessibility-tree format (BrowserGym flatten_axtree_to_str).
 _FEWSHOT_EXAMPLES = """Task: Click on the "Contact" link.
 Page:
-RootWebArea 'Links', focused
+RootWebArea 'Links Task', focused
 \t[5] link 'Home'
 \t[6] link 'Contact'
 Action: click('6')
 
 Task: Enter "Paris" into the text field and press Submit.
 Page:
-RootWebArea 'Form', focused
+RootWebArea 'Form Task', focused
 \t[11] textbox ''
 \t[12] button 'Submit'
 Action: fill('11', 'Paris')
 Page (step 2):
-RootWebArea 'Form', focused
+RootWebArea 'Form Task', focused
 \t[11] textbox '' value='Paris'
 \t[12] button 'Submit'
 Action: click('12')
 
 Task: Click on the "OK" button.
 Page:
-RootWebArea 'Dialog', focused
+RootWebArea 'Dialog Task', focused
 \t[21] StaticText 'Are you sure?'
 \t[22] button 'Cancel'
 \t[23] button 'OK'
@@ -78,11 +79,13 @@ class PromptBuilder:
         fmt: PromptFormat,
         action_subsets: Sequence[str] = ("bid",),
         axtree_max_tokens: int = 384,
+        compact_axtree: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
         self.format = fmt
         self.allowed = allowed_actions(action_subsets)
         self.axtree_max_tokens = axtree_max_tokens
+        self.compact_axtree = compact_axtree
         self.system = _INSTRUCTIONS + describe(action_subsets)
         self._chat_closing_marker = "\x00ASSISTANT-REPLY\x00"
 
@@ -95,7 +98,9 @@ class PromptBuilder:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def truncate_axtree(self, axtree: str) -> str:
-        """The tree cut to ``axtree_max_tokens`` policy tokens (not characters)."""
+        """The tree (compacted if configured) cut to ``axtree_max_tokens`` policy tokens."""
+        if self.compact_axtree:
+            axtree = compact(axtree)
         ids = self.encode(axtree)
         if len(ids) <= self.axtree_max_tokens:
             return axtree
@@ -197,6 +202,20 @@ class PromptBuilder:
         except Exception:  # templates that reject a system role raise their own error types
             return False
         return True
+
+
+_URL_ATTR = re.compile(r", url='[^']*'")
+
+
+def compact(axtree: str) -> str:
+    """Drop what costs tokens and tells the policy nothing: ``InlineTextBox`` lines (they repeat
+    their parent's text) and the page's ``url='file://...'`` attribute."""
+    lines = [
+        _URL_ATTR.sub("", line)
+        for line in axtree.splitlines()
+        if not line.lstrip().startswith("InlineTextBox")
+    ]
+    return "\n".join(lines)
 
 
 def _one_line(text: str, limit: int = 300) -> str:

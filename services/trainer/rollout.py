@@ -95,8 +95,11 @@ class RolloutObserver:
 class GenerationBatcher:
     """Collects the turns waiting for the policy and generates them together.
 
-    A batch starts when ``max_batch_size`` turns wait, or ``wait_s`` after the first one arrived;
-    at most ``concurrency`` batches run at once (1 for an in-process model).
+    A batch starts when ``max_batch_size`` turns wait, when every episode in play is waiting
+    (nobody else can join: the engine reports episodes in play through ``episode_started`` /
+    ``episode_ended``), ``wait_s`` after the first one arrived, or, when all ``concurrency``
+    slots were busy, as soon as a slot frees up (everything that queued meanwhile goes in one
+    batch). ``concurrency`` is 1 for an in-process model.
     """
 
     def __init__(
@@ -110,62 +113,71 @@ class GenerationBatcher:
         self.backend = backend
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
-        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
         self._pending: dict[SamplingParams, list[tuple[list[int], asyncio.Future]]] = {}
-        self._timers: dict[SamplingParams, asyncio.TimerHandle] = {}
-        self.batch_sizes: list[int] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._busy = 0
+        self._in_play = 0
         self._running: set[asyncio.Task] = set()
+        self.batch_sizes: list[int] = []
+
+    def episode_started(self) -> None:
+        self._in_play += 1
+
+    def episode_ended(self) -> None:
+        self._in_play -= 1
+        if self._pending and self._waiting() >= self._in_play:
+            self._launch()
+
+    def _waiting(self) -> int:
+        return sum(len(q) for q in self._pending.values())
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Generation] = loop.create_future()
         queue = self._pending.setdefault(params, [])
         queue.append((prompt_ids, future))
-        if len(queue) >= self.max_batch_size:
-            self._flush(params)
-        elif params not in self._timers:
-            self._timers[params] = loop.call_later(self.wait_s, self._flush, params)
+        if len(queue) >= self.max_batch_size or self._waiting() >= self._in_play:
+            self._launch()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.wait_s, self._launch)
         return await future
 
-    def _flush(self, params: SamplingParams) -> None:
-        timer = self._timers.pop(params, None)
-        if timer is not None:
-            timer.cancel()
-        queue = self._pending.pop(params, [])
-        while queue:
-            batch, queue = queue[: self.max_batch_size], queue[self.max_batch_size :]
+    def _launch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._busy < self.concurrency and self._pending:
+            params, queue = next(iter(self._pending.items()))
+            batch, rest = queue[: self.max_batch_size], queue[self.max_batch_size :]
+            if rest:
+                self._pending[params] = rest
+            else:
+                del self._pending[params]
+            self._busy += 1
             task = asyncio.ensure_future(self._run(batch, params))
             self._running.add(task)  # keep a reference until it finishes
             task.add_done_callback(self._running.discard)
 
     async def _run(self, batch: list[tuple[list[int], asyncio.Future]], params: SamplingParams):
-        async with self._slots:
-            # Turns that arrived while waiting for a slot join this batch (up to the cap).
-            late = self._pending.get(params, [])
-            room = self.max_batch_size - len(batch)
-            if late and room > 0:
-                batch = batch + late[:room]
-                del late[:room]
-                if not late:
-                    self._pending.pop(params, None)
-                    timer = self._timers.pop(params, None)
-                    if timer is not None:
-                        timer.cancel()
-            self.batch_sizes.append(len(batch))
-            try:
-                results = await self.backend.generate([ids for ids, _ in batch], params)
-                if len(results) != len(batch):
-                    raise GenerationError(
-                        f"backend returned {len(results)} generations for {len(batch)} prompts"
-                    )
-            except Exception as exc:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                return
+        self.batch_sizes.append(len(batch))
+        try:
+            results = await self.backend.generate([ids for ids, _ in batch], params)
+            if len(results) != len(batch):
+                raise GenerationError(
+                    f"backend returned {len(results)} generations for {len(batch)} prompts"
+                )
+        except Exception as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+        else:
             for (_, fut), result in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(result)
+        finally:
+            self._busy -= 1
+            self._launch()  # what queued while this batch ran goes now, together
 
 
 class RolloutEngine:
@@ -251,38 +263,45 @@ class RolloutEngine:
         max_turns = self.max_turns(request.task)
         options = BrowserResetOptions(task=request.task, seed=request.seed)
         async with self.pool.session(options, avoid=avoid) as session:
-            obs = session.observation
-            ep = Episode(task=request.task, seed=request.seed, endpoint=session.endpoint)
-            ep.prompt_ids = self.prompts.first_prompt(obs, max_turns)
-            for turn in range(1, max_turns + 1):
-                gen = await self.batcher.generate(ep.prompt_ids + ep.completion_ids, self.sampling)
-                self._append(ep, gen.token_ids, gen.logprobs, model=True)
-                ep.generated_tokens += len(gen.token_ids)
-                ep.policy_versions.append(gen.policy_version)
-                action = self._action_of(ep, gen.text)
-                obs = await session.step(action)
-                ep.turns = turn
-                if obs.done:
-                    ep.reward = float(obs.reward or 0.0)
-                    ep.outcome = "success" if ep.reward > 0 else "failure"
-                    break
-                if turn == max_turns:
-                    ep.outcome = "truncated"
-                    break
-                env_ids = self.prompts.next_turn(
-                    obs,
-                    turn=turn + 1,
-                    max_turns=max_turns,
-                    action=action,
-                    completion_ids=gen.token_ids,
-                    completion_finished=gen.finish_reason == "stop",
-                )
-                if not self._fits(ep, env_ids):
-                    ep.outcome = (
-                        "truncated"  # the context budget is spent: the policy took too long
-                    )
-                    break
-                self._append(ep, env_ids, [0.0] * len(env_ids), model=False)
+            self.batcher.episode_started()
+            try:
+                return await self._turns(request, session, max_turns)
+            finally:
+                self.batcher.episode_ended()
+
+    async def _turns(self, request: EpisodeRequest, session, max_turns: int) -> Episode:
+        """The turns of one episode on an open session."""
+        obs = session.observation
+        ep = Episode(task=request.task, seed=request.seed, endpoint=session.endpoint)
+        ep.prompt_ids = self.prompts.first_prompt(obs, max_turns)
+        for turn in range(1, max_turns + 1):
+            gen = await self.batcher.generate(ep.prompt_ids + ep.completion_ids, self.sampling)
+            self._append(ep, gen.token_ids, gen.logprobs, model=True)
+            ep.generated_tokens += len(gen.token_ids)
+            ep.policy_versions.append(gen.policy_version)
+            action = self._action_of(ep, gen.text)
+            obs = await session.step(action)
+            ep.turns = turn
+            if obs.done:
+                ep.reward = float(obs.reward or 0.0)
+                ep.outcome = "success" if ep.reward > 0 else "failure"
+                break
+            if turn == max_turns:
+                ep.outcome = "truncated"
+                break
+            env_ids = self.prompts.next_turn(
+                obs,
+                turn=turn + 1,
+                max_turns=max_turns,
+                action=action,
+                completion_ids=gen.token_ids,
+                completion_finished=gen.finish_reason == "stop",
+            )
+            if not self._fits(ep, env_ids):
+                # The context budget is spent: the policy took too long.
+                ep.outcome = "truncated"
+                break
+            self._append(ep, env_ids, [0.0] * len(env_ids), model=False)
         if self._eos_id is not None and ep.completion_ids and ep.completion_ids[-1] != self._eos_id:
             # Close the sequence for TRL's bookkeeping (masked: the model did not write it).
             self._append(ep, [self._eos_id], [0.0], model=False)

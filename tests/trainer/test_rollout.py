@@ -1,0 +1,115 @@
+"""The rollout engine against real env pods (Chromium) with a scripted policy.
+
+The scripted policy reads the page like a perfect agent, so these tests check the reward path,
+the multi-turn token bookkeeping and the invalid-action path without a trained model.
+"""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from services.trainer.env_pool import EnvPool
+from services.trainer.generation.base import SamplingParams
+from services.trainer.prompts import PromptBuilder
+from services.trainer.rollout import EpisodeRequest, GenerationBatcher, RolloutEngine
+
+pytestmark = pytest.mark.chromium
+
+
+def _engine(urls, tokenizer, backend, fmt="chat", **kwargs) -> RolloutEngine:
+    prompts = PromptBuilder(tokenizer, fmt=fmt, axtree_max_tokens=256)
+    return RolloutEngine(
+        EnvPool(urls, sessions_per_endpoint=4),
+        GenerationBatcher(backend, max_batch_size=8, wait_s=0.05),
+        prompts,
+        sampling=SamplingParams(max_new_tokens=16, stop=prompts.stop),
+        max_turns=kwargs.pop("max_turns", 4),
+        max_context_tokens=100_000,
+        max_completion_tokens=100_000,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(tiny_chat_model):
+    return AutoTokenizer.from_pretrained(tiny_chat_model)
+
+
+async def test_scripted_policy_gets_reward_one_on_click_test(
+    env_pods, chat_tokenizer, scripted_backend
+):
+    backend = scripted_backend(chat_tokenizer)
+    engine = _engine(env_pods, chat_tokenizer, backend)
+    episodes = await engine.run([EpisodeRequest("click-test", seed=s) for s in (1, 1, 2, 3)])
+    assert [e.reward for e in episodes] == [1.0] * 4
+    assert all(e.success and e.turns == 1 and e.invalid_actions == 0 for e in episodes)
+    assert {e.endpoint for e in episodes} == set(env_pods)  # spread over both pods
+    assert sum(engine.batcher.batch_sizes) == 4  # one generated turn per episode
+
+
+async def test_multi_turn_tokens_mask_and_logprobs_are_kept_exactly(
+    env_pods, chat_tokenizer, scripted_backend
+):
+    backend = scripted_backend(chat_tokenizer)
+    engine = _engine(env_pods, chat_tokenizer, backend)
+    (ep,) = await engine.run([EpisodeRequest("enter-text", seed=5)])
+
+    assert ep.success and ep.turns == 2 and ep.actions[0].startswith("fill(")
+    first, second = backend.outputs
+    # Turn 1 was generated from the prompt; turn 2 from prompt + turn 1 + env reply: exactly the
+    # prefix training will condition on.
+    assert backend.calls[0] == [ep.prompt_ids]
+    env_len = len(ep.completion_ids) - len(first.token_ids) - len(second.token_ids) - 1
+    context_2 = ep.prompt_ids + ep.completion_ids[: len(first.token_ids) + env_len]
+    assert backend.calls[1] == [context_2]
+    assert ep.completion_ids == (
+        first.token_ids
+        + context_2[len(ep.prompt_ids) + len(first.token_ids) :]
+        + second.token_ids
+        + [chat_tokenizer.eos_token_id]
+    )
+    assert ep.env_mask == (
+        [1] * len(first.token_ids) + [0] * env_len + [1] * len(second.token_ids) + [0]
+    )
+    assert len(ep.logprobs) == len(ep.completion_ids) == len(ep.env_mask)
+    model_logprobs = [lp for lp, m in zip(ep.logprobs, ep.env_mask, strict=True) if m]
+    assert model_logprobs == first.logprobs + second.logprobs
+    assert all(lp == 0.0 for lp, m in zip(ep.logprobs, ep.env_mask, strict=True) if not m)
+    # The env reply is a chat turn: end of the assistant turn, user turn, generation prompt.
+    env_text = chat_tokenizer.decode(context_2[len(ep.prompt_ids) + len(first.token_ids) :])
+    assert "Previous action: fill(" in env_text and "Turn 2 of 4" in env_text
+    assert env_text.rstrip().endswith("<|im_start|>assistant")
+    assert ep.policy_versions == [7, 7] and ep.generated_tokens == len(model_logprobs)
+
+
+async def test_unparseable_reply_goes_to_the_env_and_is_counted(
+    env_pods, chat_tokenizer, scripted_backend
+):
+    backend = scripted_backend(chat_tokenizer, replies=["I would press the big button"])
+    engine = _engine(env_pods, chat_tokenizer, backend)
+    (ep,) = await engine.run([EpisodeRequest("click-test", seed=2)])
+    assert ep.actions[0] == "I would press the big button"  # sent verbatim
+    assert ep.invalid_actions == 1 and ep.turns == 2 and ep.success
+    second_prompt = chat_tokenizer.decode(backend.calls[1][0])
+    assert "Its error:" in second_prompt  # the env's own error message reached the policy
+
+
+async def test_fewshot_format_plays_multi_turn_and_stops_at_newline(env_pods, tiny_base_model):
+    from tests.trainer.conftest import ScriptedBackend
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
+    backend = ScriptedBackend(tokenizer, suffix="\n")
+    engine = _engine(env_pods, tokenizer, backend, fmt="fewshot")
+    (ep,) = await engine.run([EpisodeRequest("enter-text", seed=8)])
+    assert ep.success and ep.turns == 2
+    text = tokenizer.decode(ep.prompt_ids + ep.completion_ids)
+    assert text.count("Action: click(") >= 2  # the worked examples
+    assert "\nPage (step 2):\n" in text.rsplit("Task:", 1)[1]
+
+
+async def test_turn_cap_ends_an_episode_as_truncated(env_pods, chat_tokenizer, scripted_backend):
+    backend = scripted_backend(chat_tokenizer, replies=["noop()", "noop()"])
+    engine = _engine(env_pods, chat_tokenizer, backend, max_turns=2)
+    (ep,) = await engine.run([EpisodeRequest("click-test", seed=3)])
+    assert ep.outcome == "truncated" and ep.reward == 0.0 and ep.turns == 2
