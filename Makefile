@@ -78,7 +78,8 @@ up: setup ## local stack on loopback: env pods + trainer as processes, a real Pr
 
 # --- inference ---
 # vLLM (CPU build) lives in its own virtualenv: it pins transformers<5.20, the trainer uses 5.23.
-.PHONY: setup-vllm test-vllm bench-inference
+.PHONY: setup-vllm test-vllm serve-inference bench-inference
+inference_config ?= services/inference/configs/local_cpu_lora.yaml
 VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
@@ -97,6 +98,9 @@ $(VLLM_STAMP): constraints-vllm.txt
 
 test-vllm: setup setup-vllm ## real vLLM CPU server: tiny LFM2 + Gemma-3-270M, HF parity, adapter/full updates (tests -m vllm)
 	$(PY) -m pytest tests/inference -m vllm -q -ra
+
+serve-inference: setup setup-vllm ## run the vLLM service locally in the foreground (inference_config=..., default: local_cpu_lora on :8100)
+	$(PY) -m services.inference.local --config $(inference_config)
 
 bench-inference: setup setup-vllm ## adapter push vs full reload, remote (vLLM) vs in-process generation (runs/bench_inference.json)
 	$(PY) scripts/bench_inference.py --out runs/bench_inference.json

@@ -41,18 +41,22 @@ def start_local_inference(
     python: Path = VLLM_PYTHON,
     startup_timeout_s: float = 600.0,
     log_file: Path | None = None,
+    port: int = 0,
 ) -> Iterator[str]:
-    """Start ``python -m services.inference`` on a free loopback port; yield its base URL.
+    """Start ``python -m services.inference``; yield its base URL (``port`` 0: a free one).
 
     Waits until ``/ready`` answers 200. On exit the whole process group (API server and vLLM's
     engine process) is terminated, then killed if it lingers.
     """
     if not python.exists():
         raise InferenceStartError(f"{python} is missing: run `make setup-vllm` first")
+    config = with_local_model(config)
     with tempfile.TemporaryDirectory(prefix="inference-") as scratch:
         scratch_dir = Path(scratch)
         config_file = scratch_dir / "inference.yaml"
-        config_file.write_text(yaml.safe_dump(config.model_copy(update={"port": 0}).model_dump()))
+        config_file.write_text(
+            yaml.safe_dump(config.model_copy(update={"port": port}).model_dump())
+        )
         port_file = scratch_dir / "port"
         log_path = log_file or scratch_dir / "server.log"
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **config.vllm_env()}
@@ -78,6 +82,16 @@ def start_local_inference(
             yield url
         finally:
             _stop(process)
+
+
+def with_local_model(config: InferenceConfig) -> InferenceConfig:
+    """vLLM needs a folder; turn a model source (``pypi:gemma3-270m``, a hub id) into one here,
+    in the main virtualenv, with the trainer's resolver (vLLM's own virtualenv cannot convert)."""
+    if Path(config.model).expanduser().is_dir():
+        return config
+    from services.trainer.models import resolve_model
+
+    return config.model_copy(update={"model": str(resolve_model(config.model))})
 
 
 def _wait_ready(
@@ -118,3 +132,28 @@ def _stop(process: subprocess.Popen) -> None:
     # vLLM's engine process lives in the same group; make sure nothing is left behind.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def main() -> None:
+    """``python -m services.inference.local --config FILE``: serve until Ctrl-C (local runs)."""
+    import argparse
+
+    cli = argparse.ArgumentParser(description=main.__doc__)
+    cli.add_argument("--config", required=True, help="inference service YAML")
+    cli.add_argument("--port", type=int, default=None, help="fixed port (default: from config)")
+    options = cli.parse_args()
+    config = InferenceConfig.from_yaml(options.config)
+    port = options.port if options.port is not None else config.port
+    log_file = Path(config.update_dir) / "server.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with start_local_inference(config, log_file=log_file, port=port) as url:
+        print(f"inference service ready at {url} (log: {config.update_dir}/server.log)", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
