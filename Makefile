@@ -114,3 +114,16 @@ trained ?= auto
 
 eval: setup ## base vs trained on held-out seeds: make eval [config=<yaml>] [trained=<checkpoint>|auto] [EVAL_ARGS=...]
 	$(PY) -m services.trainer.evaluate --config $(config) --trained $(trained) $(EVAL_ARGS)
+
+# --- trainer ---
+# `make run` trains the local default (Gemma-3-270M base, LoRA, CPU, local env pods) and then
+# evaluates base vs trained on held-out seeds; `make run config=<yaml>` any other config
+# (configs/quick.yaml: the same path in minutes). Extra CLI options go in RUN_ARGS,
+# e.g. RUN_ARGS="--set grpo.max_steps=5 --no-eval".
+.PHONY: bench-rollout
+
+run: setup ## train (GRPO) then evaluate base vs trained: make run [config=<yaml>] [RUN_ARGS=...]
+	$(PY) -m services.trainer train --config $(config) $(RUN_ARGS)
+
+bench-rollout: setup ## rollout engine vs a sequential loop: episodes/s at 1, 2, 4 sessions (runs/bench_rollout.json)
+	$(PY) scripts/bench_rollout.py --out runs/bench_rollout.json $(BENCH_ARGS)

@@ -6,11 +6,9 @@ move to the other); tiny models are built once (hidden 64, 2 layers, locally tra
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
-from services.trainer.generation.base import Generation, SamplingParams
+from services.trainer.generation.scripted import ScriptedBackend
 
 
 @pytest.fixture(scope="session")
@@ -38,46 +36,6 @@ def tiny_base_model(tmp_path_factory):
     return build_random_model(
         "qwen2", tmp_path_factory.mktemp("tiny-base"), size="tiny", chat_template=False
     )
-
-
-class ScriptedBackend:
-    """A policy that reads the page and answers like a perfect agent (or with ``replies``).
-
-    It returns token ids of its answer with a known logprob per token (-0.25 × position), so
-    tests can check that exactly these ids and logprobs reach the training batch.
-    """
-
-    def __init__(self, tokenizer, replies: list[str] | None = None, suffix: str = "") -> None:
-        self.tokenizer = tokenizer
-        self.replies = list(replies or [])
-        self.suffix = suffix
-        self.calls: list[list[list[int]]] = []
-        self.outputs: list[Generation] = []
-
-    def answer(self, prompt_text: str) -> str:
-        if self.replies:
-            return self.replies.pop(0)
-        page = prompt_text.rsplit("Page", 1)[-1]
-        textbox = re.search(r"\[(\w+)\] textbox ''", page)
-        goal = re.findall(r'Enter "([^"]+)"', prompt_text)
-        if textbox and goal:
-            return f"fill('{textbox.group(1)}', '{goal[-1]}')"
-        button = re.findall(r"\[(\w+)\] button", page)
-        return f"click('{button[-1]}')" if button else "noop()"
-
-    async def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
-        self.calls.append(prompts)
-        out = []
-        for ids in prompts:
-            text = self.answer(self.tokenizer.decode(ids)) + self.suffix
-            token_ids = self.tokenizer.encode(text, add_special_tokens=False)
-            logprobs = [-0.25 * (i + 1) for i in range(len(token_ids))]
-            out.append(Generation(token_ids, logprobs, text, policy_version=7))
-        self.outputs.extend(out)
-        return out
-
-    async def close(self) -> None:
-        return None
 
 
 @pytest.fixture

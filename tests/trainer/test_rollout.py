@@ -95,11 +95,11 @@ async def test_unparseable_reply_goes_to_the_env_and_is_counted(
     assert "Its error:" in second_prompt  # the env's own error message reached the policy
 
 
-async def test_fewshot_format_plays_multi_turn_and_stops_at_newline(env_pods, tiny_base_model):
-    from tests.trainer.conftest import ScriptedBackend
-
+async def test_fewshot_format_plays_multi_turn_and_stops_at_newline(
+    env_pods, tiny_base_model, scripted_backend
+):
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
-    backend = ScriptedBackend(tokenizer, suffix="\n")
+    backend = scripted_backend(tokenizer, suffix="\n")
     engine = _engine(env_pods, tokenizer, backend, fmt="fewshot")
     (ep,) = await engine.run([EpisodeRequest("enter-text", seed=8)])
     assert ep.success and ep.turns == 2

@@ -1,0 +1,170 @@
+"""GRPO end to end: TRL's GRPOTrainer, a tiny random model and real env pods (Chromium)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from services.trainer.config import load_config
+from services.trainer.grpo import build_training, run_training, to_trl_batch
+from services.trainer.rollout import Episode
+
+pytestmark = [pytest.mark.chromium, pytest.mark.slow]
+
+
+def _config(model_dir, out_dir, **grpo):
+    return load_config(
+        {
+            "run": {"output_dir": str(out_dir)},
+            "model": {"source": str(model_dir)},
+            "tasks": {"train": ["click-test", "enter-text"], "max_turns": 2},
+            "env": {"endpoints": ["http://unused:1"], "sessions_per_endpoint": 4},
+            "generation": {"max_new_tokens": 6, "temperature": 1.0, "batch_wait_ms": 200},
+            "lora": {"enabled": False},
+            "grpo": {
+                "max_steps": 2,
+                "prompts_per_step": 2,
+                "num_generations": 2,
+                "micro_batch_size": 2,
+                **grpo,
+            },
+            "checkpoint": {"save_steps": 1, "save_total_limit": None},
+            "metrics": {"port": None},
+        }
+    )
+
+
+def _metric(training, name, **labels) -> float:
+    return training.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def _train(cfg, model_dir, endpoints):
+    training = build_training(
+        cfg,
+        endpoints,
+        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        tokenizer=AutoTokenizer.from_pretrained(model_dir),
+    )
+    try:
+        final = run_training(training, cfg)
+    finally:
+        training.close()
+    return training, final
+
+
+def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
+    env_pods, tiny_chat_model, tmp_path
+):
+    cfg = _config(tiny_chat_model, tmp_path / "run")
+    training, final = _train(cfg, tiny_chat_model, env_pods)
+
+    assert training.trainer.state.global_step == 2
+    assert (final / "model.safetensors").is_file()
+    assert {p.name for p in (tmp_path / "run").glob("checkpoint-*")} == {
+        "checkpoint-1",
+        "checkpoint-2",
+    }
+    assert len(training.progress.lines) == 2 and "reward" in training.progress.lines[0]
+    assert _metric(training, "trainer_global_step") == 2
+    episodes = sum(
+        _metric(training, "trainer_episodes_total", task=t, outcome=o)
+        for t in ("click-test", "enter-text")
+        for o in ("success", "failure", "truncated")
+    )
+    assert episodes == 2 * 4  # 2 steps x 2 groups x 2 episodes, none dropped
+    logged = [h for h in training.trainer.state.log_history if "rollout/success_rate" in h]
+    assert len(logged) == 2
+
+    # Resume from the newest checkpoint: the count continues at 2, one more step to 3.
+    resumed_cfg = _config(tiny_chat_model, tmp_path / "run", max_steps=3)
+    resumed_cfg = resumed_cfg.model_copy(
+        update={
+            "checkpoint": resumed_cfg.checkpoint.model_copy(update={"resume_from_checkpoint": True})
+        }
+    )
+    resumed, _ = _train(resumed_cfg, tiny_chat_model, env_pods)
+    assert resumed.trainer.state.global_step == 3
+    assert len(resumed.progress.lines) == 1 and resumed.progress.lines[0].startswith("step 3/3")
+
+
+@pytest.fixture
+def doomed_pods():
+    """Two extra pods for a test that kills one (the session pods stay intact)."""
+    from services.env.local import start_local_env_pods
+
+    with start_local_env_pods(2, max_sessions=4, ready_timeout_s=300) as urls:
+        yield urls
+
+
+def _kill_pod(url: str) -> None:
+    """SIGKILL the env server listening on ``url`` (a pod we started) and its browsers."""
+    port = int(url.rsplit(":", 1)[1])
+    (pid,) = {
+        c.pid
+        for c in psutil.net_connections(kind="tcp")
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
+    }
+    children = psutil.Process(pid).children(recursive=True)
+    os.kill(pid, signal.SIGKILL)
+    for child in children:
+        child.kill()
+
+
+def test_killing_an_env_pod_mid_rollout_loses_no_training_step(
+    doomed_pods, tiny_chat_model, tmp_path
+):
+    cfg = _config(tiny_chat_model, tmp_path / "run", max_steps=1)
+    training = build_training(
+        cfg,
+        doomed_pods,
+        model=AutoModelForCausalLM.from_pretrained(tiny_chat_model),
+        tokenizer=AutoTokenizer.from_pretrained(tiny_chat_model),
+    )
+    batcher = training.rollout.engine.batcher
+    real_backend = batcher.backend
+    victim = doomed_pods[0]
+
+    class KillsAPodOnce:
+        """Generates normally; before the first batch, pod 0 dies (sessions open on it)."""
+
+        killed = False
+
+        async def generate(self, prompts, params):
+            if not self.killed:
+                assert training.rollout.engine.pool.active_sessions()[victim] > 0
+                _kill_pod(victim)
+                self.killed = True
+            return await real_backend.generate(prompts, params)
+
+        async def close(self):
+            await real_backend.close()
+
+    batcher.backend = KillsAPodOnce()
+    try:
+        run_training(training, cfg)
+    finally:
+        training.close()
+
+    assert training.trainer.state.global_step == 1
+    stats = training.rollout.last
+    assert stats.dropped == 0 and stats.episodes == 4  # every episode replayed and scored
+    assert stats.infra_retries > 0
+    assert _metric(training, "trainer_infra_retries_total", reason="env_unavailable") > 0
+
+
+def test_dropped_episode_is_neutral_in_its_group():
+    """A sample dropped after repeated infra failures gets no gradient and no advantage."""
+    played = [
+        Episode("click-test", 1, [5, 6], [7, 2], [1, 0], [-0.5, 0.0], reward=r, outcome=o)
+        for r, o in ((1.0, "success"), (0.0, "failure"))
+    ]
+    dropped = Episode("click-test", 1, outcome="dropped")
+    batch = to_trl_batch(["p", "p", "p"], [*played, dropped], eos_id=2)
+    assert batch["env_reward"] == [1.0, 0.0, 0.5]  # the group's mean: advantage 0
+    assert batch["env_mask"][2] == [0] and batch["completion_ids"][2] == [2]
+    assert batch["prompt_ids"][2] == [5, 6]
+    assert batch["dropped"] == [False, False, True]
