@@ -77,6 +77,11 @@ class EnvServerConfig(BaseModel):
         default_factory=lambda: list(DEFAULT_SUBSETS),
         description="BrowserGym action subsets the policy may use (services/protocol/actions.py).",
     )
+    clickable_generics: bool = Field(
+        default=True,
+        description="Show clickable generic elements (onclick <span>s, e.g. click-link's links) "
+        "with their bid in axtree_txt; costs a DOM snapshot per observation.",
+    )
     max_steps: int = Field(
         default=10, ge=1, description="Step cap per episode; hitting it sets truncated and done."
     )

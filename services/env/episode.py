@@ -23,6 +23,7 @@ from browsergym.core.observation import (
     MarkingError,
     _post_extract,
     _pre_extract,
+    extract_dom_extra_properties,
     extract_dom_snapshot,
     extract_merged_axtree,
 )
@@ -244,8 +245,10 @@ class Episode:
         truncated: bool = False,
     ) -> BrowserObservation:
         axtree, dom = self._extract()
+        if self.config.clickable_generics:
+            _keep_clickable_generics(axtree, extract_dom_extra_properties(dom, scale_factor=1.0))
         axtree_txt = flatten_axtree_to_str(axtree)
-        pruned = prune_html(flatten_dom_to_str(dom)) if dom is not None else ""
+        pruned = prune_html(flatten_dom_to_str(dom)) if self.options.pruned_html else ""
         screenshot = None
         if self.options.screenshot:
             kind = self.config.screenshot_format
@@ -272,12 +275,13 @@ class Episode:
         )
 
     def _extract(self) -> tuple[dict, dict | None]:
-        """BrowserGym's bid marking + merged AX tree (+ DOM snapshot when HTML is wanted)."""
+        """BrowserGym's bid marking + merged AX tree (+ DOM snapshot when needed)."""
+        need_dom = self.options.pruned_html or self.config.clickable_generics
         for tries_left in reversed(range(_EXTRACT_TRIES)):
             try:
                 _pre_extract(self.page, tags_to_mark="standard_html", lenient=tries_left == 0)
                 axtree = extract_merged_axtree(self.page)
-                dom = extract_dom_snapshot(self.page) if self.options.pruned_html else None
+                dom = extract_dom_snapshot(self.page) if need_dom else None
             except (playwright.sync_api.Error, MarkingError) as exc:
                 if isinstance(exc, playwright.sync_api.Error):
                     self._raise_if_crashed(exc)
@@ -289,6 +293,22 @@ class Episode:
             _post_extract(self.page)
             return axtree, dom
         raise AssertionError("unreachable")
+
+
+def _keep_clickable_generics(axtree: dict, extra_properties: dict) -> None:
+    """Give clickable ``generic`` nodes (MiniWoB's onclick <span>s, e.g. click-link) an
+    attribute, so that ``flatten_axtree_to_str`` prints them with their bid instead of
+    dropping them as layout noise: ``[14] generic, clickable=True``."""
+    for node in axtree["nodes"]:
+        bid = node.get("browsergym_id")
+        if (
+            bid is not None
+            and node.get("role", {}).get("value") == "generic"
+            and extra_properties.get(bid, {}).get("clickable")
+        ):
+            node.setdefault("properties", []).append(
+                {"name": "clickable", "value": {"type": "boolean", "value": True}}
+            )
 
 
 def _refuse_chat(text: str) -> None:

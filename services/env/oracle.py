@@ -6,6 +6,7 @@ Used by the env tests (an oracle must reach reward 1 through the service) and by
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -35,13 +36,15 @@ def _first(obs: BrowserObservation, role: str, name: str | None = None) -> Node:
 
 
 def solve(obs: BrowserObservation) -> list[str]:
-    """The actions that solve the task of a fresh observation (click-test, enter-text,
-    login-user, click-button); ``LookupError`` for other tasks."""
+    """The actions that solve the task of a fresh observation (click-test, click-button,
+    click-link, enter-text, login-user); ``LookupError`` for other tasks."""
     quoted = _QUOTED.findall(obs.goal)
     if obs.task == "click-test":
         return [f"click('{_first(obs, 'button').bid}')"]
     if obs.task == "click-button":
         return [f"click('{_first(obs, 'button', quoted[0]).bid}')"]
+    if obs.task == "click-link":
+        return [f"click('{_clickable_with_text(obs, quoted[0])}')"]
     if obs.task == "enter-text":
         box, submit = _first(obs, "textbox"), _first(obs, "button", "Submit")
         return [f"fill('{box.bid}', {quoted[0]!r})", f"click('{submit.bid}')"]
@@ -54,6 +57,16 @@ def solve(obs: BrowserObservation) -> list[str]:
             f"click('{login.bid}')",
         ]
     raise LookupError(f"no scripted solver for {obs.task!r}")
+
+
+def _clickable_with_text(obs: BrowserObservation, text: str) -> str:
+    """The bid of the clickable element whose first line of text is ``text``."""
+    lines = obs.axtree_txt.splitlines()
+    for line, child in itertools.pairwise(lines):
+        clickable = re.match(r"^\s*\[(\w+)\] generic, clickable", line)
+        if clickable and child.strip() == f"StaticText {text!r}":
+            return clickable[1]
+    raise LookupError(f"no clickable element with text {text!r}:\n{obs.axtree_txt}")
 
 
 _DATE = re.compile(r"\d{2}/\d{2}/\d{4}")

@@ -23,12 +23,13 @@ from services.env.local import start_local_env_pods
 
 pytestmark = pytest.mark.chromium
 MAX_SESSIONS = 3
+STEP_TIMEOUT_S = 12  # far above a loaded 2-core machine's slowest reset, for the hung-step test
 
 
 @pytest.fixture(scope="module")
 def pod():
     with start_local_env_pods(
-        1, max_sessions=MAX_SESSIONS, step_timeout_s=4.0, max_message_bytes=8192
+        1, max_sessions=MAX_SESSIONS, step_timeout_s=STEP_TIMEOUT_S, max_message_bytes=8192
     ) as urls:
         yield urls[0]
 
@@ -45,7 +46,7 @@ async def play(env: EnvClient, task: str, seed: int) -> float:
     return obs.reward
 
 
-@pytest.mark.parametrize("task", ["click-test", "enter-text", "login-user"])
+@pytest.mark.parametrize("task", ["click-test", "enter-text", "login-user", "click-link"])
 async def test_scripted_oracle_gets_reward_1(pod, task):
     async with EnvClient(pod) as env:
         for seed in (1, 2):
@@ -171,48 +172,59 @@ async def test_protocol_errors_are_clear_and_the_session_survives(pod):
 
 async def test_over_capacity_is_refused_at_once_and_clears(pod):
     clients = [EnvClient(pod) for _ in range(MAX_SESSIONS)]
-    for client in clients:
-        await client.reset(task="click-test", seed=1)
-    ready = httpx.get(f"{pod}/ready")
-    assert ready.status_code == 503 and ready.json()["reason"].startswith("full")
-    started = time.monotonic()
-    with pytest.raises(EnvCapacityError, match=rf"CAPACITY_REACHED: pod is full: {MAX_SESSIONS}/"):
+    try:
+        for client in clients:
+            await client.reset(task="click-test", seed=1)
+        ready = httpx.get(f"{pod}/ready")
+        assert ready.status_code == 503 and ready.json()["reason"].startswith("full")
+        started = time.monotonic()
+        full = rf"CAPACITY_REACHED: pod is full: {MAX_SESSIONS}/{MAX_SESSIONS} sessions"
+        with pytest.raises(EnvCapacityError, match=full):
+            async with EnvClient(pod) as extra:
+                await extra.state()
+        assert time.monotonic() - started < 3.0  # refused at once, not queued behind browser work
+        await clients[0].close()
+        await _wait_for_sessions(pod, MAX_SESSIONS - 1)
         async with EnvClient(pod) as extra:
-            await extra.reset(task="click-test")
-    assert time.monotonic() - started < 3.0  # refused at once, not queued behind browser work
-    await clients[0].close()
-    async with EnvClient(pod) as extra:
-        assert await play(extra, "click-test", 2) == 1.0
-    for client in clients[1:]:
-        await client.close()
+            assert await play(extra, "click-test", 2) == 1.0
+    finally:
+        for client in clients:
+            await client.close()
     await _wait_for_sessions(pod, 0)
 
 
 async def test_parallel_sessions_finish_before_the_same_work_one_after_another(pod):
     episodes = 4
+    clients = [EnvClient(pod) for _ in range(MAX_SESSIONS)]
+    try:
+        # Warm every session first (browser context and page exist), then time the same
+        # episodes on one session and spread over all of them.
+        await asyncio.gather(*(play(env, "click-test", 0) for env in clients))
 
-    async def run(n_episodes: int) -> None:
-        async with EnvClient(pod) as env:
+        async def run(env: EnvClient, n_episodes: int) -> None:
             for seed in range(n_episodes):
                 assert await play(env, "click-test", seed) == 1.0
 
-    await run(1)  # browsers warm
-    started = time.perf_counter()
-    await run(MAX_SESSIONS * episodes)
-    sequential = time.perf_counter() - started
-    started = time.perf_counter()
-    await asyncio.gather(*(run(episodes) for _ in range(MAX_SESSIONS)))
-    parallel = time.perf_counter() - started
+        started = time.perf_counter()
+        await run(clients[0], MAX_SESSIONS * episodes)
+        sequential = time.perf_counter() - started
+        started = time.perf_counter()
+        await asyncio.gather(*(run(env, episodes) for env in clients))
+        parallel = time.perf_counter() - started
+    finally:
+        for env in clients:
+            await env.close()
     assert parallel < sequential, (parallel, sequential)
 
 
 async def test_dropped_client_frees_its_session(pod, metric):
     abandoned = metric(pod, "browserenv_episodes_total", task="login-user", outcome="abandoned")
+    before = httpx.get(f"{pod}/ready").json()["sessions_active"]
     conn = await ws(pod)
     await conn.send(json.dumps({"type": "reset", "data": {"task": "login-user"}}))
     assert json.loads(await conn.recv())["type"] == "observation"
     conn.transport.abort()  # no close frame: the client just vanishes
-    await _wait_for_sessions(pod, 0)
+    await _wait_for_sessions(pod, before)
     after = metric(pod, "browserenv_episodes_total", task="login-user", outcome="abandoned")
     assert after == abandoned + 1
 
@@ -221,8 +233,8 @@ async def test_hung_step_times_out_and_the_browser_is_replaced(pod, metric):
     restarts = metric(pod, "browserenv_browser_restarts_total")
     async with EnvClient(pod) as env:
         await env.reset(task="click-test", seed=1)
-        with pytest.raises(EnvUnavailableError, match="TIMEOUT: the call took longer than 4 s"):
-            await env.step("noop(60000)")  # waits a minute: past the pod's 4 s step timeout
+        with pytest.raises(EnvUnavailableError, match="TIMEOUT: the call took longer than 12 s"):
+            await env.step("noop(60000)")  # waits a minute: past the pod's step timeout
         assert await play(env, "click-test", 1) == 1.0
     assert metric(pod, "browserenv_browser_restarts_total") == restarts + 1
     assert metric(pod, "browserenv_errors_total", kind="timeout") >= 1
