@@ -4,6 +4,7 @@ renders, and show that bad values are refused. No cluster is involved (none can 
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -88,8 +89,6 @@ def test_render_matches_golden_file(rendered, value_set):
 
 def test_trainer_config_schema_is_the_trainers_own_model():
     """values.schema.json embeds TrainerConfig's schema: `make chart-schema` after a change."""
-    import json
-
     from scripts.chart_schema import SCHEMA, updated_schema
     from scripts.chart_schema import render as render_schema
 
@@ -106,6 +105,10 @@ def test_trainer_config_map_is_a_valid_trainer_config(rendered, value_set):
     assert config.env.kubernetes_service == f"{RELEASE}-browser-rl-env"
     assert config.env.kubernetes_namespace == NAMESPACE
     assert config.metrics.port == 9000
+    assert config.checkpoint.resume_from_checkpoint is True  # a restarted pod resumes
+    env = pod_spec(one(rendered[value_set], "Deployment", "env"))["containers"][0]["env"]
+    subsets = {e["name"]: e.get("value") for e in env}["BROWSERENV_ACTION_SUBSETS"]
+    assert json.loads(subsets) == config.prompt.action_subsets  # pods accept what is prompted
     inference = values_for(value_set).get("inference", {}).get("enabled", True)
     assert config.generation.backend == ("remote" if inference else "local")
     assert config.inference.enabled == inference
@@ -225,8 +228,6 @@ def test_pod_monitors_point_at_named_ports_of_their_pods(rendered):
 
 
 def test_dashboard_config_map_carries_the_sidecar_label_and_valid_json(rendered):
-    import json
-
     config_map = one(rendered["default"], "ConfigMap", "dashboard")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(config_map["data"]["browser-rl.json"])
@@ -358,6 +359,7 @@ def test_bad_values_are_refused_naming_the_key(values, where):
         ({"trainer": {"config": {"lora": {"r": 64}}}}, "exceeds inference.lora.maxRank"),
         ({"inference": {"lora": {"enabled": False}}}, "needs inference.lora.enabled"),
         ({"inference": {"weightTransfer": {"mode": "nccl"}}}, "mode nccl carries full weights"),
+        ({"inference": {"maxModelLen": 1024}}, "maxModelLen must hold"),
     ],
 )
 def test_inconsistent_values_fail_the_render_with_a_reason(values, message):

@@ -24,6 +24,13 @@
 {{- if and $v.inference.enabled $lora (eq $transfer "nccl") }}
 {{- fail "inference.weightTransfer.mode nccl carries full weights: set trainer.config.lora.enabled false" }}
 {{- end }}
+{{- $prompt := default dict $v.trainer.config.prompt -}}
+{{- $generation := default dict $v.trainer.config.generation -}}
+{{- if and $v.inference.enabled (hasKey $prompt "max_prompt_tokens") (hasKey $generation "max_new_tokens") }}
+{{- if lt (int $v.inference.maxModelLen) (add (int $prompt.max_prompt_tokens) (int $generation.max_new_tokens)) }}
+{{- fail "inference.maxModelLen must hold trainer.config.prompt.max_prompt_tokens + generation.max_new_tokens" }}
+{{- end }}
+{{- end }}
 {{- if $v.inference.enabled }}
 {{- $remote := dict "base_url" (include "browser-rl.inferenceURL" .) "model" $v.inference.servedModelName -}}
 {{- $extra := dict -}}
