@@ -46,6 +46,14 @@ class RunConfig(_Section):
     )
     seed: int = Field(0, ge=0, description="Seed for torch, sampling and task-seed order.")
     log_every_steps: int = Field(1, ge=1, description="Per-step progress line every N steps.")
+    max_train_minutes: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Wall-clock budget for training: after the step that crosses it, training stops as "
+            "if max_steps were reached (checkpoint, final/, evaluation). None: no budget."
+        ),
+    )
 
 
 class ModelConfig(_Section):

@@ -302,14 +302,27 @@ def _log_to_trl(trainer, stats: StepStats) -> None:
 class StepLine(ProgressCallback):
     """The progress bar plus one compact line per step instead of the raw log dict."""
 
-    def __init__(self, rollout: BrowserRollout, metrics: TrainerMetrics, every: int = 1) -> None:
+    def __init__(
+        self,
+        rollout: BrowserRollout,
+        metrics: TrainerMetrics,
+        every: int = 1,
+        max_minutes: float | None = None,
+    ) -> None:
         super().__init__()
+        self.max_minutes = max_minutes
+        self.deadline: float | None = None
         self.rollout = rollout
         self.metrics = metrics
         self.every = every
         self._step_start = 0.0
         self.update_seconds = 0.0
         self.lines: list[str] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.max_minutes is not None:
+            self.deadline = time.monotonic() + self.max_minutes * 60
+        return super().on_train_begin(args, state, control, **kwargs)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._step_start = time.perf_counter()
@@ -319,7 +332,11 @@ class StepLine(ProgressCallback):
         total = time.perf_counter() - self._step_start
         self.update_seconds = max(total - self.rollout.last.seconds, 0.0)
         self.metrics.update_done(state.global_step, self.update_seconds, {})
-        if state.max_steps and state.global_step >= state.max_steps:
+        over_budget = self.deadline is not None and time.monotonic() > self.deadline
+        if over_budget and not control.should_training_stop:
+            log.info("run.max_train_minutes reached after step %d: stopping", state.global_step)
+            control.should_training_stop = True
+        if over_budget or (state.max_steps and state.global_step >= state.max_steps):
             control.should_save = True  # a checkpoint at the end, beside every save_steps
         return super().on_step_end(args, state, control, **kwargs)
 
@@ -336,7 +353,8 @@ class StepLine(ProgressCallback):
             return
         s = self.rollout.last
         line = (
-            f"step {state.global_step}/{state.max_steps} | reward {s.reward_mean:.2f} | "
+            f"step {state.global_step}/{state.max_steps} | {time.strftime('%H:%M:%S')} | "
+            f"reward {s.reward_mean:.2f} | "
             f"success {s.success_rate:.2f} | turns {s.turns_mean:.1f} | "
             f"invalid {s.invalid_rate:.2f} | rollout {s.seconds:.1f}s "
             f"({s.episodes_per_second:.2f} ep/s) | update {self.update_seconds:.1f}s | "
@@ -506,7 +524,9 @@ def build_training(
         rollout.close()
         raise
     trainer_ref.append(trainer)
-    progress = StepLine(rollout, metrics, every=cfg.run.log_every_steps)
+    progress = StepLine(
+        rollout, metrics, every=cfg.run.log_every_steps, max_minutes=cfg.run.max_train_minutes
+    )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(progress)
     if cfg.inference.enabled:
