@@ -1,0 +1,116 @@
+"""The remote generation backend against a tiny fake OpenAI-compatible server (protocol only).
+
+The real vLLM service is tested by the inference owner; this checks that the client speaks the
+OpenAI ``/v1/completions`` protocol with token-id prompts, reads token ids and logprobs in both
+forms servers use, and fails clearly (as an infrastructure error) otherwise.
+"""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+
+from services.trainer.generation.base import GenerationError, SamplingParams
+from services.trainer.generation.remote import RemoteBackend
+
+
+class FakeOpenAI:
+    """Echoes the prompt's last ids + 1 as completion; ``mode`` picks the reply form."""
+
+    def __init__(self) -> None:
+        self.mode = "token_ids"
+        self.requests: list[dict] = []
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "policy", "object": "model"}]})
+
+    async def completions(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(body)
+        if self.mode == "error":
+            return web.json_response({"error": {"message": "engine dead"}}, status=500)
+        ids = [i + 1 for i in body["prompt"][-3:]]
+        logprobs = [-0.1 * (k + 1) for k in range(len(ids))]
+        choice = {"index": 0, "text": "click('13')", "finish_reason": "stop"}
+        if self.mode == "token_ids":
+            choice["token_ids"] = ids
+            choice["logprobs"] = {"tokens": ["a"] * len(ids), "token_logprobs": logprobs}
+        elif self.mode == "tokens_as_ids":
+            tokens = [f"token_id:{i}" for i in ids]
+            choice["logprobs"] = {"tokens": tokens, "token_logprobs": logprobs}
+        elif self.mode == "text_only":
+            choice["logprobs"] = {"tokens": ["cl", "ick"], "token_logprobs": logprobs}
+        return web.json_response(
+            {"id": "x", "object": "text_completion", "choices": [choice]},
+            headers={"x-policy-version": "12"},
+        )
+
+
+@pytest.fixture
+async def fake_server():
+    fake = FakeOpenAI()
+    app = web.Application()
+    app.router.add_get("/v1/models", fake.models)
+    app.router.add_post("/v1/completions", fake.completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    yield fake, f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+PARAMS = SamplingParams(max_new_tokens=8, temperature=0.7, top_p=0.9, stop=("\n",))
+
+
+async def test_token_ids_in_token_ids_out_with_logprobs_and_version(fake_server):
+    fake, url = fake_server
+    backend = RemoteBackend(url)
+    try:
+        gens = await backend.generate([[1, 2, 3, 4], [7, 8, 9]], PARAMS)
+    finally:
+        await backend.close()
+    assert [g.token_ids for g in gens] == [[3, 4, 5], [8, 9, 10]]
+    assert gens[0].logprobs == pytest.approx([-0.1, -0.2, -0.3])
+    assert gens[0].policy_version == 12 and gens[0].text == "click('13')"
+    body = fake.requests[0]
+    assert body["model"] == "policy"  # picked from /v1/models
+    assert body["prompt"] in ([1, 2, 3, 4], [7, 8, 9])  # token ids, never text
+    assert body["logprobs"] == 1 and body["return_token_ids"] is True
+    assert body["stop"] == ["\n"] and body["max_tokens"] == 8 and body["top_p"] == 0.9
+
+
+async def test_servers_that_return_tokens_as_ids_work_too(fake_server):
+    fake, url = fake_server
+    fake.mode = "tokens_as_ids"
+    backend = RemoteBackend(url, model="my-adapter")
+    try:
+        (gen,) = await backend.generate([[5, 6, 7]], PARAMS)
+    finally:
+        await backend.close()
+    assert gen.token_ids == [6, 7, 8] and fake.requests[0]["model"] == "my-adapter"
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [("text_only", "return_tokens_as_token_ids"), ("error", "HTTP 500: .*engine dead")],
+)
+async def test_unusable_replies_fail_as_generation_errors(fake_server, mode, message):
+    fake, url = fake_server
+    fake.mode = mode
+    backend = RemoteBackend(url, model="policy")
+    try:
+        with pytest.raises(GenerationError, match=message):
+            await backend.generate([[1, 2, 3]], PARAMS)
+    finally:
+        await backend.close()
+
+
+async def test_unreachable_server_is_a_generation_error():
+    backend = RemoteBackend("http://127.0.0.1:9", model="policy", timeout_s=2)
+    try:
+        with pytest.raises(GenerationError, match=r"127\.0\.0\.1:9"):
+            await backend.generate([[1]], PARAMS)
+    finally:
+        await backend.close()
