@@ -56,7 +56,7 @@ bench-env: setup ## env pod vs upstream design: episodes/s, reset/step p50/p95 a
 	$(PY) scripts/bench_env.py --out runs/bench_env.json
 
 # --- deploy ---
-.PHONY: chart-test chart-golden chart-schema dashboards docker-lint up
+.PHONY: chart-test chart-golden chart-schema dashboards docker-lint up bench-discovery
 
 chart-test: setup ## Helm chart, images, dashboards, alerts, discovery, live Prometheus (tests/deploy)
 	$(PY) -m pytest tests/deploy -q -ra
@@ -72,6 +72,9 @@ dashboards: setup ## rebuild the Grafana dashboard JSON from scripts/grafana_das
 
 docker-lint: setup ## hadolint every Dockerfile
 	$(VENV)/bin/hadolint docker/Dockerfile.*
+
+bench-discovery: setup ## env pod discovery latency: EndpointSlice watch vs LIST polling (runs/bench/discovery.json)
+	$(PY) scripts/bench_discovery.py --out runs/bench/discovery.json
 
 up: setup ## local stack on loopback: env pods + trainer as processes, a real Prometheus scraping them
 	$(PY) scripts/local_stack.py --config $(config)
