@@ -34,14 +34,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psutil
 
 from services.env import oracle
+from services.env.browser import BrowserWorker
 from services.env.client import EnvClient
 from services.env.config import DEFAULT_CHROMIUM_ARGS, EnvServerConfig
+from services.env.episode import Episode
 from services.env.local import start_local_env_pods
-from services.env.tasks import miniwob_file_url
-from services.protocol.env import BrowserObservation
+from services.env.tasks import TaskCatalog, miniwob_file_url
+from services.protocol.env import BrowserObservation, BrowserResetOptions
 
 BOOK_FLIGHT_STEPS = 6
 
@@ -57,6 +60,9 @@ class Run:
     reset_s: list[float] = field(default_factory=list)
     step_s: list[float] = field(default_factory=list)
     cpu_s: dict[str, float] = field(default_factory=dict)
+    #: Mean seconds of a reset/step inside the pods (their histograms) and as the client saw
+    #: it; the difference is protocol + queueing (JSON, WebSocket, event loop, thread hand-off).
+    in_pod_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def episodes_per_s(self) -> float:
@@ -75,6 +81,11 @@ class Run:
             "step_p50_s": _pct(self.step_s, 50),
             "step_p95_s": _pct(self.step_s, 95),
             "cpu_s": {k: round(v, 2) for k, v in self.cpu_s.items()},
+            "in_pod_mean_s": self.in_pod_s,
+            "client_mean_s": {
+                "reset": round(statistics.fmean(self.reset_s), 4) if self.reset_s else 0.0,
+                "step": round(statistics.fmean(self.step_s), 4) if self.step_s else 0.0,
+            },
         }
 
 
@@ -153,6 +164,21 @@ def pod_pids() -> list[int]:
     return pids
 
 
+def pod_latency_totals(urls: list[str]) -> dict[str, float]:
+    """Sum and count of the pods' reset/step latency histograms."""
+    totals: dict[str, float] = {}
+    for url in urls:
+        for line in httpx.get(f"{url}/metrics").text.splitlines():
+            for kind in ("reset", "step"):
+                for part in ("sum", "count"):
+                    name = f"browserenv_{kind}_seconds_{part}"
+                    if line.startswith(name + " "):
+                        totals[f"{kind}_{part}"] = totals.get(f"{kind}_{part}", 0.0) + float(
+                            line.split()[1]
+                        )
+    return totals
+
+
 def run_service(urls: list[str], design: str, task: str, sessions: int, window_s: float) -> Run:
     run = Run(design, task, sessions)
     pids = pod_pids()
@@ -162,7 +188,7 @@ def run_service(urls: list[str], design: str, task: str, sessions: int, window_s
         await asyncio.gather(
             *(_session(urls[i % len(urls)], warm_up, task, 0.0, i) for i in range(sessions))
         )
-        before = cpu_by_kind(pids)
+        before, latency_before = cpu_by_kind(pids), pod_latency_totals(urls)
         started = time.perf_counter()
         deadline = started + window_s
         await asyncio.gather(
@@ -170,6 +196,11 @@ def run_service(urls: list[str], design: str, task: str, sessions: int, window_s
         )
         run.elapsed_s = time.perf_counter() - started
         run.cpu_s = cpu_delta(before, cpu_by_kind(pids))
+        latency = cpu_delta(latency_before, pod_latency_totals(urls))
+        run.in_pod_s = {
+            kind: round(latency[f"{kind}_sum"] / max(latency[f"{kind}_count"], 1), 4)
+            for kind in ("reset", "step")
+        }
 
     asyncio.run(main())
     return run
@@ -270,11 +301,6 @@ def run_baseline(task: str, sessions: int, window_s: float, chromium: str) -> Ru
 # ---- in-process phase split ----------------------------------------------------------------------
 def phase_split(config: EnvServerConfig, episodes: int = 30) -> dict[str, float]:
     """Median seconds per phase of click-test episodes run directly on one browser worker."""
-    from services.env.browser import BrowserWorker
-    from services.env.episode import Episode
-    from services.env.tasks import TaskCatalog
-    from services.protocol.env import BrowserResetOptions
-
     worker = BrowserWorker(0, config, lambda: None)
     try:
         episode = worker.submit(Episode.create, worker, config, TaskCatalog()).result()
@@ -302,11 +328,14 @@ def soak(url: str, episodes: int, sessions: int = 2) -> list[dict]:
     def memory() -> dict:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
-        rss = sum(p.memory_info().rss for p in procs if p.is_running())
+        pss = 0  # proportional set size: shared pages counted once across Chromium's processes
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                pss += proc.memory_full_info().pss
         return {
             "episodes": done,
             "pod_rss_mib": round(root.memory_info().rss / 2**20, 1),
-            "tree_rss_mib": round(rss / 2**20, 1),
+            "tree_pss_mib": round(pss / 2**20, 1),
             "processes": len(procs),
         }
 
@@ -325,6 +354,7 @@ def soak(url: str, episodes: int, sessions: int = 2) -> list[dict]:
                     seed += sessions
                     if done % every == 0:
                         samples.append(memory())
+                        print(f"  soak {samples[-1]}", flush=True)
 
         samples.append(memory())
         await asyncio.gather(*(worker(i) for i in range(sessions)))
@@ -333,11 +363,18 @@ def soak(url: str, episodes: int, sessions: int = 2) -> list[dict]:
     return samples
 
 
+def _protocol_ms(row: dict) -> str:
+    """Client-seen minus in-pod mean step latency: what the protocol and hand-offs cost."""
+    if not row["in_pod_mean_s"]:
+        return ""
+    return f"{(row['client_mean_s']['step'] - row['in_pod_mean_s']['step']) * 1000:.1f}"
+
+
 def _print_table(rows: list[dict], baseline: dict[tuple[str, int], float]) -> None:
     header = (
         f"{'design':<12}{'task':<13}{'sess':>5}{'eps':>6}{'eps/s':>8}{'x base':>8}"
         f"{'reset p50':>11}{'p95':>7}{'step p50':>10}{'p95':>7}{'succ':>6}"
-        "  cpu s (py/chromium/driver)"
+        f"{'proto ms':>10}  cpu s (py/chromium/driver)"
     )
     print(header)
     print("-" * len(header))
@@ -348,7 +385,8 @@ def _print_table(rows: list[dict], baseline: dict[tuple[str, int], float]) -> No
         print(
             f"{r['design']:<12}{r['task']:<13}{r['sessions']:>5}{r['episodes']:>6}"
             f"{r['episodes_per_s']:>8.2f}{ratio:>8}{r['reset_p50_s']:>11.3f}{r['reset_p95_s']:>7.3f}"
-            f"{r['step_p50_s']:>10.3f}{r['step_p95_s']:>7.3f}{r['success_rate']:>6.2f}  "
+            f"{r['step_p50_s']:>10.3f}{r['step_p95_s']:>7.3f}{r['success_rate']:>6.2f}"
+            f"{_protocol_ms(r):>10}  "
             f"{cpu.get('python', 0):.1f}/{cpu.get('chromium', 0):.1f}/{cpu.get('driver', 0):.1f}"
         )
 
@@ -374,7 +412,7 @@ def main() -> None:
     parser.add_argument("--soak-episodes", type=int, default=0)
     args = parser.parse_args()
     config = EnvServerConfig()
-    top = max(args.sessions)
+    top = max(*args.sessions, 2)  # the soak plays on two sessions
     rows: list[dict] = []
 
     def window(task: str) -> float:
