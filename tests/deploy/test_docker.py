@@ -156,3 +156,46 @@ def test_entrypoint_runs_from_exactly_what_the_image_copies(name, tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "usage" in result.stdout.lower()
+
+
+def test_env_image_requirements_cover_every_import_of_the_code_it_copies():
+    """docker/requirements-env.txt is a reduced list (no torch): every third-party module that
+    services/env and services/protocol import must come from it or its dependencies."""
+    import ast
+    import importlib.metadata as metadata
+    import re
+
+    from packaging.requirements import Requirement
+
+    def key(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    wanted = [
+        line.strip()
+        for line in (DOCKER / "requirements-env.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    closure, todo = set(), list(wanted)
+    while todo:
+        name = todo.pop()
+        if key(name) in closure:
+            continue
+        closure.add(key(name))
+        for requirement in metadata.distribution(name).requires or []:
+            parsed = Requirement(requirement)
+            if parsed.marker is None or parsed.marker.evaluate({"extra": ""}):
+                todo.append(parsed.name)
+    assert "torch" not in closure
+
+    providers = metadata.packages_distributions()
+    imported = set()
+    for package in ("services/env", "services/protocol"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m in providers and m != "services"}
+    missing = {m for m in third_party if not {key(d) for d in providers[m]} & closure}
+    assert not missing, f"env image lacks the distributions of {sorted(missing)}"
