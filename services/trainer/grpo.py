@@ -501,6 +501,9 @@ def build_training(
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from trl import GRPOTrainer
 
+    if cfg.use_cpu:
+        score_only_completion_tokens_on_cpu()
+
     folder = None
     if model is None:
         model, tokenizer, folder = load_policy(cfg)
@@ -532,6 +535,38 @@ def build_training(
     if cfg.inference.enabled:
         trainer.add_callback(_policy_sync_callback(cfg, trainer, backend))
     return Training(trainer, rollout, metrics, progress, tokenizer, folder)
+
+
+def score_only_completion_tokens_on_cpu() -> bool:
+    """Make TRL's fused LM head score only the completion positions on CPU, as it does on GPUs.
+
+    TRL 1.16 scores the completion tokens' log-probabilities through a chunked LM-head kernel. On
+    Triton devices it feeds the kernel only the positions that carry a label; elsewhere it feeds
+    every position of prompt + completion (to keep tile shapes fixed for compilers) and discards
+    the prompt's results. With Gemma's 262k-token vocabulary and a few-shot prompt of ~400 tokens
+    that wastes most of a CPU update (the results are identical: the prompt positions are masked
+    either way; ``test_cpu_scoring_patch_keeps_the_logprobs`` checks it). The switch is TRL's own
+    ``compact`` branch, selected by ``trl.trainer.utils._use_triton``; the kernel itself still
+    takes its CPU path (it reads its own module's ``_use_triton``). Returns whether it applied.
+    """
+    import trl
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None or getattr(original, "_browser_rl_patched", False):
+        return original is not None
+    if trl.__version__ != "1.16.0":
+        log.warning(
+            "TRL %s: not patching its CPU LM-head scoring (written for 1.16.0)", trl.__version__
+        )
+        return False
+
+    def use_compact_scoring(device) -> bool:
+        return device.type == "cpu" or original(device)
+
+    use_compact_scoring._browser_rl_patched = True
+    trl_utils._use_triton = use_compact_scoring
+    return True
 
 
 def _policy_sync_callback(cfg: TrainerConfig, trainer, backend: GenerationBackend):
