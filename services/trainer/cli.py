@@ -81,10 +81,19 @@ def _initial_endpoints(cfg: TrainerConfig, urls: list[str]) -> list[str]:
     return urls + discovered
 
 
+def _install_signal_handlers() -> None:
+    """SIGTERM (Kubernetes, kill) unwinds like Ctrl-C, so local env pods are stopped on the way
+    out; ``kill -USR1 <pid>`` prints every thread's stack to stderr (a stuck run, diagnosed)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    with contextlib.suppress(ValueError, OSError):  # stderr without a file descriptor
+        faulthandler.register(signal.SIGUSR1)
+
+
 def train(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
     from services.trainer.grpo import build_training, run_training
     from services.trainer.metrics import TrainerMetrics, serve
 
+    _install_signal_handlers()
     out = cfg.run.output_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -152,9 +161,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack to stderr
-    # SIGTERM (Kubernetes, kill) unwinds like Ctrl-C, so local env pods are stopped on the way out.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if args.command == "eval":
         return evaluate.run_from_args(args)
     try:
