@@ -56,6 +56,7 @@ def env_endpoints(cfg: TrainerConfig) -> Iterator[list[str]]:
     with start_local_env_pods(
         cfg.env.local.pods,
         max_sessions=cfg.env.local.max_sessions,
+        ready_timeout_s=300.0,  # Chromium starts slowly on a busy 2-core machine
         log_dir=log_dir,
         **local_pod_settings(cfg),
     ) as local:
