@@ -76,6 +76,7 @@ class EvalSettings:
     prompt_format: str = "auto"
     action_subsets: tuple[str, ...] = ("bid",)
     axtree_max_tokens: int = 384
+    compact_axtree: bool = True
     max_context_tokens: int = 8192
     """Whole-episode budget; 10 turns of page text need more than training's default."""
     max_batch_size: int = 8
@@ -128,6 +129,7 @@ class EvalSettings:
             "prompt_format": config.model.prompt_format,
             "action_subsets": tuple(config.prompt.action_subsets),
             "axtree_max_tokens": config.prompt.axtree_max_tokens,
+            "compact_axtree": config.prompt.compact_axtree,
             "max_batch_size": config.generation.max_batch_size,
             "sessions_per_endpoint": config.env.sessions_per_endpoint,
             "train_seed_range": (
@@ -294,6 +296,7 @@ async def evaluate_backend(
         fmt=resolve_format(tokenizer, settings.prompt_format),
         action_subsets=settings.action_subsets,
         axtree_max_tokens=settings.axtree_max_tokens,
+        compact_axtree=settings.compact_axtree,
     )
     sampling = SamplingParams(
         max_new_tokens=settings.max_new_tokens,
@@ -540,12 +543,20 @@ def settings_from_args(args: argparse.Namespace, config: Any | None) -> EvalSett
     return EvalSettings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+#: Local pods for a slow CPU policy: a session may wait minutes for its next action.
+_LOCAL_POD_SETTINGS = {"idle_ttl_s": 3600.0}
+
+
 @contextlib.contextmanager
 def _endpoints(args: argparse.Namespace, config: Any | None) -> Iterator[list[str]]:
-    urls = list(args.env) or (list(config.env.endpoints) if config is not None else [])
-    pods = args.local_pods
-    if pods is None:
-        pods = config.env.local.pods if config is not None else (0 if urls else 2)
+    if config is not None and not args.env and args.local_pods is None:
+        from services.trainer.cli import env_endpoints
+
+        with env_endpoints(config) as urls:  # the run's own env: same pods, same action subsets
+            yield urls
+        return
+    urls = list(args.env)
+    pods = args.local_pods if args.local_pods is not None else (0 if urls else 2)
     if pods == 0:
         if not urls:
             raise EvalError("no env: give --env URL or --local-pods N")
@@ -553,8 +564,9 @@ def _endpoints(args: argparse.Namespace, config: Any | None) -> Iterator[list[st
         return
     from services.env.local import start_local_env_pods
 
-    extra = dict(config.env.local.extra) if config is not None else {}
-    with start_local_env_pods(pods, max_sessions=args.max_sessions, **extra) as local_urls:
+    subsets = {"action_subsets": list(config.prompt.action_subsets)} if config else {}
+    settings = {**_LOCAL_POD_SETTINGS, **subsets}
+    with start_local_env_pods(pods, max_sessions=args.max_sessions, **settings) as local_urls:
         yield urls + list(local_urls)
 
 
