@@ -4,9 +4,10 @@ Parity tolerance: on this random LFM2, vLLM 0.32 (CPU, float32) and transformers
 greedy tokens on these prompts, but their logprobs differ by up to ~0.2 nats, already for the
 first generated token (prefill only), also with attention-only layers and before any update; on
 Gemma-3-270M the same comparison agrees within 2e-2. So the gap lies in vLLM's or HF's LFM2 code,
-not in this service. Near-uniform random logits make greedy near-ties, so a large random adapter
-on every module can flip tokens (seen with all linear modules at once); the adapter here touches
-the attention projections (measured: same tokens, gap 0.05). ATOL records what is measured today.
+not in this service. Near-uniform random logits also make greedy near-ties, so after an update
+the check is teacher-forced: vLLM's logprob of each token it generated vs HF's logprob of that
+token after the same prefix (what the trainer recomputes), which near-ties cannot flip.
+ATOL records what is measured today.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from services.inference.validation import ADAPTER_WEIGHTS
 from services.trainer.policy_sync import PolicyClient, PolicySyncError
 from tests.inference.conftest import serve
 from tests.inference.vllm_checks import (
+    assert_logprobs_match,
     assert_same_generations,
+    changed,
     generate_local,
     generate_remote,
     perturbed_copy,
@@ -70,17 +73,15 @@ def test_pushed_adapter_changes_outputs_and_the_reported_version(
 ):
     before = generate_remote(server, PROMPTS)
     version = client.status().version + 1
-    adapted = random_lora(hf_model(tiny_lfm2), target_modules=LORA_TARGETS, seed=1, scale=0.05)
+    adapted = random_lora(hf_model(tiny_lfm2), target_modules=LORA_TARGETS, seed=1, scale=0.3)
     adapted.save_pretrained(tmp_path / "adapter")
     result = client.push_adapter_files(version, tmp_path / "adapter")
     assert (result.version, result.model) == (version, f"policy-v{version}")
     after = generate_remote(server, PROMPTS)
     assert {g.policy_version for g in after} == {version}
-    assert [g.token_ids for g in after] != [g.token_ids for g in before]
-    # vLLM applied every adapted module exactly as PEFT does:
-    assert_same_generations(
-        after, generate_local(adapted, tokenizer(tiny_lfm2), PROMPTS), atol=ATOL
-    )
+    assert changed(before, after, min_logprob_shift=4 * ATOL)
+    # vLLM applies the adapter as PEFT does (same model, same tokens -> same logprobs):
+    assert_logprobs_match(after, adapted, PROMPTS, atol=ATOL)
     models = httpx.get(f"{server}/v1/models").json()["data"]
     assert f"policy-v{version}" in [m["id"] for m in models]
 
@@ -90,15 +91,13 @@ def test_full_reload_from_a_checkpoint_changes_outputs_and_version(
 ):
     before = generate_remote(server, PROMPTS)
     version = client.status().version + 1
-    changed = perturbed_copy(tiny_lfm2, tmp_path / "ckpt", seed=2, scale=0.02)
+    perturbed = perturbed_copy(tiny_lfm2, tmp_path / "ckpt", seed=2, scale=0.02)
     result = client.push_full_path(version, str(tmp_path / "ckpt"))
     assert result.kind == "full" and client.status().adapter is None
     after = generate_remote(server, PROMPTS)
     assert {g.policy_version for g in after} == {version}
     assert [g.token_ids for g in after] != [g.token_ids for g in before]
-    assert_same_generations(
-        after, generate_local(changed, tokenizer(tiny_lfm2), PROMPTS), atol=ATOL
-    )
+    assert_logprobs_match(after, perturbed, PROMPTS, atol=ATOL)
 
 
 def test_bad_updates_are_refused_and_the_previous_version_keeps_serving(

@@ -55,6 +55,37 @@ def assert_same_generations(
     return worst
 
 
+def assert_logprobs_match(
+    remote: list[Generation], model, prompts: list[list[int]], *, atol: float
+) -> float:
+    """vLLM's logprob of each token it sampled vs the HF model's logprob of that same token after
+    the same prefix (teacher forcing: what the trainer recomputes). Immune to greedy near-ties."""
+    worst = 0.0
+    for prompt, generation in zip(prompts, remote, strict=True):
+        ids = torch.tensor([prompt + generation.token_ids])
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits[0].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        for step, token in enumerate(generation.token_ids):
+            expected = logprobs[len(prompt) - 1 + step, token].item()
+            worst = max(worst, abs(expected - generation.logprobs[step]))
+    assert worst <= atol, f"largest logprob gap {worst:.2e} > {atol:.0e}"
+    return worst
+
+
+def changed(before: list[Generation], after: list[Generation], *, min_logprob_shift: float) -> bool:
+    """Other tokens, or the same tokens with clearly other logprobs (random tiny models often
+    repeat one token whatever the weights; their distributions still move)."""
+    if [g.token_ids for g in before] != [g.token_ids for g in after]:
+        return True
+    shift = max(
+        abs(a - b)
+        for old, new in zip(before, after, strict=True)
+        for a, b in zip(old.logprobs, new.logprobs, strict=True)
+    )
+    return shift >= min_logprob_shift
+
+
 def random_lora(model, *, target_modules: list[str], seed: int, scale: float):
     """A PEFT LoRA (r=8) on ``model`` with random, clearly non-zero B so it changes outputs."""
     from peft import LoraConfig, get_peft_model
