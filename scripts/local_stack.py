@@ -189,11 +189,21 @@ def main(argv: list[str] | None = None) -> int:
             start_local_env_pods(pods, max_sessions=sessions, log_dir=args.log_dir)
         )
         targets = {"env": urls}
-        trainer = None
         if config is not None:
             metrics_port = free_port()
-            derived = trainer_config(config, urls, metrics_port, args.log_dir / "trainer.yaml")
             targets["trainer"] = [f"http://127.0.0.1:{metrics_port}"]
+        # Prometheus first: it must see the run from its first step.
+        prometheus = stack.enter_context(
+            run_prometheus(
+                targets,
+                port=args.prometheus_port,
+                interval_s=args.scrape_interval,
+                work_dir=args.log_dir,
+            )
+        )
+        trainer = None
+        if config is not None:
+            derived = trainer_config(config, urls, metrics_port, args.log_dir / "trainer.yaml")
             log = stack.enter_context(open(args.log_dir / "trainer.log", "ab"))
             print(f">> trainer: python -m services.trainer train --config {derived}", flush=True)
             trainer = subprocess.Popen(
@@ -204,14 +214,6 @@ def main(argv: list[str] | None = None) -> int:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
             stack.callback(stop_pod, trainer, 60.0)
-        prometheus = stack.enter_context(
-            run_prometheus(
-                targets,
-                port=args.prometheus_port,
-                interval_s=args.scrape_interval,
-                work_dir=args.log_dir,
-            )
-        )
         print(f">> env pods:   {' '.join(urls)}")
         print(
             f'>> Prometheus: {prometheus}  (namespace="{NAMESPACE}"; alerts at {prometheus}/alerts)'
