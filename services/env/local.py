@@ -66,7 +66,7 @@ def start_local_env_pods(
     n: int,
     *,
     max_sessions: int,
-    ready_timeout_s: float = 60.0,
+    ready_timeout_s: float = 180.0,
     log_dir: str | Path | None = None,
     **config: Any,
 ) -> Iterator[list[str]]:
