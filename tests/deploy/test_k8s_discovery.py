@@ -18,7 +18,6 @@ import kmock
 import pytest
 from kubernetes.aio import client
 
-from services.env.local import start_local_env_pods
 from services.env.oracle import solve
 from services.protocol.env import BrowserResetOptions
 from services.trainer.env_pool import EnvInfraError, EnvPool
@@ -151,16 +150,6 @@ def test_namespace_comes_from_the_pod(monkeypatch):
         EndpointSliceDiscovery(SERVICE)
 
 
-@pytest.fixture(scope="module")
-def env_pods():
-    """Env pods A and B stay up; pod C's own stack lets the test stop it (scale down). C starts
-    here, before the rollout: the test is about discovery, not about Chromium's start-up time,
-    and a pod only appears as ready in its slice once it is up anyway."""
-    with start_local_env_pods(2, max_sessions=2) as urls, contextlib.ExitStack() as pod_c:
-        (url_c,) = pod_c.enter_context(start_local_env_pods(1, max_sessions=2))
-        yield urls[0], urls[1], url_c, pod_c
-
-
 class Rollout:
     """Workers playing click-test episodes through the pool the trainer uses, with the
     rollout engine's rule: an infrastructure failure replays the episode, never scores it."""
@@ -223,7 +212,7 @@ async def test_scaling_env_pods_live_while_a_rollout_runs(env_pods):
     """kubectl scale up: a new ready pod takes sessions within seconds. A pod turning not-ready
     and a pod scaled away are drained; the removed pod is then stopped mid-rollout. Every
     episode still ends with its real reward (1.0 for the scripted click-test policy)."""
-    pod_a, pod_b, pod_c, pod_c_stack = env_pods
+    pod_a, pod_b, pod_c = env_pods.a, env_pods.b, env_pods.c
     async with kubernetes_api() as (api, configuration):
         for name, url in (("env-a", pod_a), ("env-b", pod_b)):
             await api.create_namespaced_endpoint_slice(NAMESPACE, endpoint_slice(name, url))
@@ -242,7 +231,7 @@ async def test_scaling_env_pods_live_while_a_rollout_runs(env_pods):
                         NAMESPACE, endpoint_slice("env-c", pod_c)
                     )
                     took = await wait_for(
-                        lambda: rollout.opened_on(pod_c) > 0, 10, "a session on the new pod"
+                        lambda: rollout.opened_on(pod_c) > 0, 20, "a session on the new pod"
                     )
                     print(f"new pod's first session {took:.2f} s after its slice appeared")
                     await wait_for(lambda: rollout.finished[pod_c] >= 2, 30, "episodes on C")
@@ -267,7 +256,7 @@ async def test_scaling_env_pods_live_while_a_rollout_runs(env_pods):
                     await api.delete_namespaced_endpoint_slice("env-c", NAMESPACE)
                     await wait_for(lambda: pod_c not in pool.endpoints, 5, "C drained")
                     drained_c = time.monotonic()
-                    await asyncio.to_thread(pod_c_stack.close)
+                    await asyncio.to_thread(env_pods.stop_c)
 
                     done = len(rollout.rewards)
                     await wait_for(lambda: len(rollout.rewards) >= done + 4, 60, "episodes on B")
@@ -275,7 +264,7 @@ async def test_scaling_env_pods_live_while_a_rollout_runs(env_pods):
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
-                await asyncio.to_thread(pod_c_stack.close)
+                await asyncio.to_thread(env_pods.stop_c)
 
     assert added > 0
     assert rollout.opened_on(pod_a, after=drained_a) == 0

@@ -31,7 +31,6 @@ from prometheus_client import REGISTRY
 from scripts import grafana_dashboard
 from scripts.local_stack import NAMESPACE, alert_rules, query, run_prometheus
 from services.env.client import EnvClient, EnvRequestError
-from services.env.local import start_local_env_pods
 from services.env.oracle import solve
 from tests.deploy.chartlib import manifests, render, values_for
 
@@ -105,16 +104,19 @@ def vllm_names() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def env_pod():
-    with start_local_env_pods(1, max_sessions=2) as urls:
-        yield urls[0]
+def env_pod(env_pods):
+    return env_pods.b  # stays up and ready through the discovery test
 
 
-async def play_click_test(url: str, seed: int) -> float:
+async def play_click_test(url: str, seed: int, max_turns: int = 5) -> float:
+    """The scripted policy; it clicks again when a loaded machine timed the click out."""
     async with EnvClient(url) as env:
         observation = await env.reset(task="click-test", seed=seed)
-        for action in solve(observation):
-            observation = await env.step(action)
+        for _turn in range(max_turns):
+            for action in solve(observation):
+                observation = await env.step(action)
+            if observation.done:
+                break
         return float(observation.reward or 0.0)
 
 
