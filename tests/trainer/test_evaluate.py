@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
@@ -21,29 +20,8 @@ from services.trainer.evaluate import (
     render_markdown,
     write_reports,
 )
-from services.trainer.generation.base import Generation, SamplingParams
+from services.trainer.generation.scripted import ScriptedBackend
 from services.trainer.models import build_random_model
-
-
-class ButtonClicker:
-    """A scripted policy: clicks the last button of the page in its prompt (solves click-test)."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-
-    async def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
-        replies = []
-        for ids in prompts:
-            page = self.tokenizer.decode(ids)
-            bid = re.findall(r"\[(\w+)\] button", page)[-1]
-            token_ids = self.tokenizer.encode(f" click('{bid}')\n", add_special_tokens=False)
-            replies.append(
-                Generation(token_ids, [0.0] * len(token_ids), self.tokenizer.decode(token_ids))
-            )
-        return replies
-
-    async def close(self) -> None:
-        return None
 
 
 @pytest.fixture(scope="module")
@@ -60,24 +38,28 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.mark.chromium
-async def test_scripted_policy_scores_one_on_click_test(env_urls, tiny_model, tmp_path):
+async def test_scripted_policy_scores_one_through_the_harness(env_urls, tiny_model, tmp_path):
+    """The rule-based policy solves click-test (1 step) and enter-text (2 steps): every
+    episode must score 1, so the reward path, seeds and bookkeeping of the harness are right."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    settings = EvalSettings(tasks=("click-test",), seeds_per_task=3)
+    settings = EvalSettings(tasks=("click-test", "enter-text"), seeds_per_task=3)
     report = await evaluate_backend(
-        ButtonClicker(tokenizer), tokenizer, settings, env_urls, label="scripted", model="script"
+        ScriptedBackend(tokenizer), tokenizer, settings, env_urls, label="scripted", model="rules"
     )
-    score = report.scores["click-test"]
-    assert (score.episodes, score.successes, score.dropped) == (3, 3, 0)
-    assert report.mean_success == 1.0 and score.mean_turns == 1.0
-    assert sorted(e.seed for e in report.episodes) == [1_000_000, 1_000_001, 1_000_002]
-    assert {a for e in report.episodes for a in e.actions} == {"click('13')"}
+    click, enter = report.scores["click-test"], report.scores["enter-text"]
+    assert (click.episodes, click.successes, click.dropped, click.mean_turns) == (3, 3, 0, 1.0)
+    assert (enter.episodes, enter.successes, enter.dropped, enter.mean_turns) == (3, 3, 0, 2.0)
+    assert report.mean_success == 1.0
+    clicks = [e for e in report.episodes if e.task == "click-test"]
+    assert sorted(e.seed for e in clicks) == [1_000_000, 1_000_001, 1_000_002]
+    assert {a for e in clicks for a in e.actions} == {"click('13')"}
 
     json_path, md_path = write_reports([report], settings, tmp_path)
     assert "| click-test | 1.00 (3/3) |" in md_path.read_text()
     saved = json.loads(json_path.read_text())
-    assert saved["reports"][0]["scores"]["click-test"]["success_rate"] == 1.0
+    assert saved["reports"][0]["scores"]["enter-text"]["success_rate"] == 1.0
     assert saved["published_reference"]["success_rate"]["GPT-4o"] == 0.656
 
 

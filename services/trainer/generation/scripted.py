@@ -13,7 +13,7 @@ import re
 
 from services.trainer.generation.base import Generation, SamplingParams
 
-_TEXTBOX = re.compile(r"\[(\w+)\] textbox ''")
+_TEXTBOX = re.compile(r"\[(\w+)\] textbox ''(?! value=)")  # an empty one: not yet filled
 _BUTTON = re.compile(r"\[(\w+)\] button")
 _ENTER = re.compile(r'Enter "([^"]+)"')
 
