@@ -101,6 +101,7 @@ class EndpointSliceDiscovery:
         self._owns_client = api_client is None
         self._slices: dict[str, set[str]] = {}
         self._reported: list[str] | None = None
+        self._watching = False
 
     @classmethod
     def from_env_config(cls, env_config: Any) -> EndpointSliceDiscovery:
@@ -110,14 +111,20 @@ class EndpointSliceDiscovery:
     # --- Discovery protocol -----------------------------------------------------------------
 
     async def current(self) -> list[str]:
-        """The ready endpoints now (one LIST)."""
-        await self._relist()
+        """The ready endpoints now (one LIST). Raises when the API refuses or cannot be reached:
+        a trainer that cannot see its env pods at start should say so and stop."""
+        try:
+            await self._relist()
+        finally:
+            if not self._watching:  # a one-off call (its own event loop): leave no open session
+                await self.close()
         return self._endpoints()
 
     async def watch(self, on_change: EndpointsCallback) -> None:
         """Report the ready endpoints whenever they change, until cancelled. Never raises for
         API trouble: it logs, backs off and relists; the last list stays in force meanwhile."""
         backoff = self.retry_backoff_s
+        self._watching = True
         try:
             while True:
                 try:
@@ -138,6 +145,7 @@ class EndpointSliceDiscovery:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.max_backoff_s)
         finally:
+            self._watching = False
             await self.close()
 
     async def close(self) -> None:
@@ -171,7 +179,15 @@ class EndpointSliceDiscovery:
         )
         try:
             if response.status >= 400:
-                raise RuntimeError(f"LIST endpointslices: HTTP {response.status}")
+                hint = (
+                    " (RBAC: the trainer's ServiceAccount needs get/list/watch on endpointslices)"
+                    if response.status in (401, 403)
+                    else ""
+                )
+                raise RuntimeError(
+                    f"LIST endpointslices of Service {self.namespace}/{self.service}: "
+                    f"HTTP {response.status}{hint}"
+                )
             listing = json.loads(await response.read())
         finally:
             response.release()

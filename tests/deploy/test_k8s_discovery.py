@@ -271,3 +271,35 @@ async def test_scaling_env_pods_live_while_a_rollout_runs(env_pods):
     assert rollout.opened_on(pod_c, after=drained_c) == 0
     assert rollout.opened_on(pod_b, after=drained_c) >= 4
     assert rollout.rewards and all(r == 1.0 for r in rollout.rewards), rollout.odd
+
+
+async def test_in_cluster_config_path_and_one_off_lists_leave_nothing_open(monkeypatch):
+    """Without an api_client the in-cluster config is loaded (faked here: it points the default
+    configuration at the emulator, as the service-account loader points it at the API server);
+    a one-off current() closes its own HTTP session."""
+    from kubernetes.aio import config as kube_config
+
+    async with kubernetes_api() as (api, configuration):
+        await api.create_namespaced_endpoint_slice(
+            NAMESPACE, endpoint_slice("a", "http://10.0.0.1:8000")
+        )
+
+        def load_incluster_config(client_configuration=None, try_refresh_token=True):
+            client.Configuration.set_default(configuration)
+
+        monkeypatch.setattr(kube_config, "load_incluster_config", load_incluster_config)
+        discovery = EndpointSliceDiscovery(SERVICE, NAMESPACE)
+        assert await discovery.current() == ["http://10.0.0.1:8000"]
+        assert discovery._api_client is None  # closed after the one-off LIST
+        assert await discovery.current() == ["http://10.0.0.1:8000"]  # and reopened on demand
+
+
+async def test_a_refused_list_names_the_service_and_the_missing_permission():
+    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+        path = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
+        emulator["get", path] << 403 << {"kind": "Status", "code": 403, "reason": "Forbidden"}
+        configuration = client.Configuration(host=str(server.url).rstrip("/"))
+        async with client.ApiClient(configuration) as api_client:
+            discovery = EndpointSliceDiscovery(SERVICE, NAMESPACE, api_client=api_client)
+            with pytest.raises(RuntimeError, match=r"train/rl-browser-rl-env: HTTP 403 \(RBAC"):
+                await discovery.current()
