@@ -84,7 +84,7 @@ def main() -> None:
     requests = [EpisodeRequest(TASKS[i % len(TASKS)], seed=i) for i in range(args.episodes)]
     levels = [int(s) for s in args.sessions.split(",")]
     runs: dict[str, list[dict]] = {"sequential": []} | {f"engine-{n}": [] for n in levels}
-    with start_local_env_pods(args.pods, max_sessions=max(levels)) as urls:
+    with start_local_env_pods(args.pods, max_sessions=max(levels), ready_timeout_s=300) as urls:
         asyncio.run(_sequential(urls, tokenizer, requests[:2]))  # warm the browsers
         for _ in range(args.repeats):
             seconds, ok = asyncio.run(_sequential(urls, tokenizer, requests))
