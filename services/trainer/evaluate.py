@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.trainer.config import EvalConfig, TaskConfig
 from services.trainer.rollout import Episode, EpisodeRequest
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,10 @@ PUBLISHED_REFERENCE = {
         "GPT-4o-mini": "0.54-0.59",
     },
 }
-#: Default seed split (the trainer config's defaults; see the module docstring).
-TRAIN_SEED_RANGE = range(0, 100_000)
-EVAL_SEED_START = 1_000_000
+#: The seed split is defined once, by the trainer config's defaults (see the module docstring).
+_TRAIN_START = TaskConfig.model_fields["seed_start"].default
+TRAIN_SEED_RANGE = range(_TRAIN_START, _TRAIN_START + TaskConfig.model_fields["seed_count"].default)
+EVAL_SEED_START = EvalConfig.model_fields["seed_start"].default
 
 
 class EvalError(ValueError):
