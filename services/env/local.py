@@ -7,6 +7,7 @@ with start_local_env_pods(2, max_sessions=4) as urls:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -30,6 +31,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM the pod when the process that started it dies.
+
+    Without it, a trainer or test killed with SIGKILL leaves orphaned pods holding Chromium.
+    """
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
@@ -96,6 +106,7 @@ def start_local_env_pods(
                         stdout=log_file,
                         stderr=subprocess.STDOUT,
                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                     )
                 )
                 urls.append(f"http://127.0.0.1:{port}")
