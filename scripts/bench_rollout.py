@@ -49,7 +49,9 @@ async def _sequential(urls, tokenizer, requests) -> tuple[float, int]:
     engine = _engine(urls[:1], tokenizer, 1)
     start = time.perf_counter()
     episodes = [await engine.play(r) for r in requests]
-    return time.perf_counter() - start, sum(e.success for e in episodes)
+    seconds = time.perf_counter() - start
+    await engine.pool.aclose()
+    return seconds, sum(e.success for e in episodes)
 
 
 async def _concurrent(urls, tokenizer, requests, sessions: int) -> tuple[float, int]:
@@ -63,7 +65,9 @@ async def _concurrent(urls, tokenizer, requests, sessions: int) -> tuple[float, 
 
     start = time.perf_counter()
     episodes = await asyncio.gather(*(one(r) for r in requests))
-    return time.perf_counter() - start, sum(e.success for e in episodes)
+    seconds = time.perf_counter() - start
+    await engine.pool.aclose()
+    return seconds, sum(e.success for e in episodes)
 
 
 def main() -> None:

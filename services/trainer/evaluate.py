@@ -322,7 +322,12 @@ async def evaluate_backend(
         max_completion_tokens=settings.max_context_tokens,
     )
     started = time.monotonic()
-    episodes = await run_episodes(engine, settings, len(endpoints) * settings.sessions_per_endpoint)
+    try:
+        episodes = await run_episodes(
+            engine, settings, len(endpoints) * settings.sessions_per_endpoint
+        )
+    finally:
+        await pool.aclose()
     scores, records = score_episodes(episodes, settings.tasks)
     return PolicyReport(
         label=label,

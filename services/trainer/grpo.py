@@ -273,6 +273,7 @@ class BrowserRollout:
 
     def close(self) -> None:
         try:
+            self.loop.run(self.engine.pool.aclose(), timeout=10)
             self.loop.run(self.backend.close(), timeout=10)
         finally:
             self.loop.close()

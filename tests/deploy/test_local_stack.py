@@ -30,7 +30,9 @@ def trainer_config(model_dir: Path, out_dir: Path) -> dict:
         "generation": {"max_new_tokens": 6, "temperature": 1.0, "batch_wait_ms": 200},
         "lora": {"enabled": False},
         "grpo": {
-            "max_steps": 3,
+            # Enough steps that a 1 s scrape sees training live: with sessions reused a step
+            # takes well under a second and the trainer exits right after its last one.
+            "max_steps": 30,
             "prompts_per_step": 1,
             "num_generations": 2,
             "micro_batch_size": 2,

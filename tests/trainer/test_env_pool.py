@@ -36,6 +36,20 @@ async def test_set_endpoints_adds_new_pods_and_drains_removed_ones(env_pods):
     assert pool.active_sessions() == {second: 0}  # drained and gone once its session ended
 
 
+async def test_sessions_are_reused_and_a_reaped_one_is_replaced(env_pods):
+    pool = EnvPool(env_pods[:1], sessions_per_endpoint=2)
+    async with pool.session(CLICK) as first:
+        assert (await first.step("click('13')")).reward == 1.0
+    async with pool.session(CLICK) as second:
+        assert second.client is first.client  # the clean session was kept and reset
+    await second.client._ws.close()  # the socket dies under the idle client, as when a pod reaps it
+    async with pool.session(CLICK) as third:
+        assert third.client is not first.client
+        assert (await third.step("click('13')")).reward == 1.0
+    assert pool.active_sessions() == {env_pods[0]: 0}
+    await pool.aclose()
+
+
 async def test_a_full_pod_sends_episodes_elsewhere_and_counts_it(env_pods, tiny_chat_model):
     """The pool thinks a pod takes 8 sessions; the pod (max 4) answers CAPACITY_REACHED."""
     from services.trainer.generation.scripted import ScriptedBackend
