@@ -43,3 +43,13 @@ def serve(model: Path, update_dir: Path, **overrides):
         **overrides,
     )
     return start_local_inference(config, log_file=update_dir / "server.log")
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The trainer's policy-update client against the module's ``server`` fixture."""
+    from services.trainer.policy_sync import PolicyClient
+
+    policy = PolicyClient(server)
+    yield policy
+    policy.close()

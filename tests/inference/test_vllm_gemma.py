@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from services.trainer.policy_sync import PolicyClient
 from tests.inference.conftest import serve
 from tests.inference.vllm_checks import (
     assert_same_generations,
@@ -26,13 +25,6 @@ TEXTS = [
 def server(gemma, tmp_path_factory):
     with serve(gemma, tmp_path_factory.mktemp("gemma-service")) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    policy = PolicyClient(server)
-    yield policy
-    policy.close()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from services.inference.validation import ADAPTER_WEIGHTS
-from services.trainer.policy_sync import PolicyClient, PolicySyncError
+from services.trainer.policy_sync import PolicySyncError
 from tests.inference.conftest import serve
 from tests.inference.vllm_checks import (
     assert_logprobs_match,
@@ -39,13 +39,6 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj"]
 def server(tiny_lfm2, tmp_path_factory):
     with serve(tiny_lfm2, tmp_path_factory.mktemp("lfm2-service")) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    policy = PolicyClient(server)
-    yield policy
-    policy.close()
 
 
 def hf_model(folder):
