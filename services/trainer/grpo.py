@@ -375,7 +375,7 @@ class StepLine(ProgressCallback):
 def load_policy(cfg: TrainerConfig):
     """(model, tokenizer, folder) for ``model.source``, float32 unless configured otherwise."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from services.trainer.models import resolve_model
 
@@ -383,15 +383,7 @@ def load_policy(cfg: TrainerConfig):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    config = AutoConfig.from_pretrained(folder)
-    quantization = getattr(config, "quantization_config", None)
-    if isinstance(quantization, dict) and quantization.get("quant_method") == "gguf":
-        # A GGUF-converted folder holds plain float weights; the leftover GGUF marker would make
-        # transformers refuse to train it.
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, config=config, dtype=getattr(torch, cfg.model.dtype)
-    )
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, cfg.model.dtype))
     return model, tokenizer, folder
 
 
