@@ -54,6 +54,13 @@ class RunConfig(_Section):
             "if max_steps were reached (checkpoint, final/, evaluation). None: no budget."
         ),
     )
+    log_episodes: bool = Field(
+        True,
+        description=(
+            "Append every training episode (step, task, seed, actions, outcome) as a JSON line to "
+            "<output_dir>/episodes.jsonl."
+        ),
+    )
 
 
 class ModelConfig(_Section):

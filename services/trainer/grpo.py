@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +89,18 @@ class StepStats:
     seconds: float = 0.0
     episodes_per_second: float = 0.0
     tokens_per_second: float = 0.0
+    by_task: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """task -> (successes, played episodes), in first-seen order."""
 
     @classmethod
     def of(cls, episodes: Sequence[Episode], seconds: float) -> StepStats:
         played = [e for e in episodes if not e.dropped]
         n = max(len(played), 1)
         actions = sum(len(e.actions) for e in played)
+        by_task: dict[str, tuple[int, int]] = {}
+        for e in played:
+            wins, total = by_task.get(e.task, (0, 0))
+            by_task[e.task] = (wins + e.success, total + 1)
         return cls(
             episodes=len(played),
             dropped=len(episodes) - len(played),
@@ -108,7 +114,12 @@ class StepStats:
             tokens_per_second=sum(e.generated_tokens for e in played) / seconds
             if seconds > 0
             else 0.0,
+            by_task=by_task,
         )
+
+    def task_summary(self) -> str:
+        """``click-test 4/4 click-link 1/4``: what the step's groups had to learn from."""
+        return " ".join(f"{task} {wins}/{total}" for task, (wins, total) in self.by_task.items())
 
 
 class EventLoopThread:
@@ -207,6 +218,9 @@ class BrowserRollout:
         self.backend = backend
         self.last: StepStats = StepStats()
         self.policy_version = 0
+        self.episode_log = (
+            Path(cfg.run.output_dir) / "episodes.jsonl" if cfg.run.log_episodes else None
+        )
         self.prompts = PromptBuilder(
             tokenizer,
             fmt=resolve_format(tokenizer, cfg.model.prompt_format),
@@ -268,6 +282,8 @@ class BrowserRollout:
         self.last = StepStats.of(episodes, seconds)
         self.metrics.rollout_done(episodes, seconds)
         _log_to_trl(trainer, self.last)
+        if self.episode_log is not None:
+            append_episode_log(self.episode_log, trainer.state.global_step + 1, episodes)
         eos = self.tokenizer.eos_token_id
         return to_trl_batch(prompts, episodes, eos if isinstance(eos, int) else eos[0])
 
@@ -277,6 +293,32 @@ class BrowserRollout:
             self.loop.run(self.backend.close(), timeout=10)
         finally:
             self.loop.close()
+
+
+def append_episode_log(path: Path, step: int, episodes: Sequence[Episode]) -> None:
+    """One JSON line per training episode: what the policy did on which page, and the outcome.
+
+    The per-step line shows rates; this file shows the actions behind them (e.g. which wrong
+    element a task keeps clicking), so a run can be read afterwards without re-playing it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        for e in episodes:
+            record = {
+                "step": step,
+                "task": e.task,
+                "seed": e.seed,
+                "outcome": e.outcome,
+                "reward": e.reward,
+                "turns": e.turns,
+                "actions": e.actions,
+                "invalid_actions": e.invalid_actions,
+                "infra_retries": e.infra_retries,
+                "policy_versions": e.policy_versions,
+            }
+            if e.drop_reason:
+                record["drop_reason"] = e.drop_reason
+            out.write(json.dumps(record) + "\n")
 
 
 def _log_to_trl(trainer, stats: StepStats) -> None:
@@ -361,6 +403,7 @@ class StepLine(ProgressCallback):
             f"({s.episodes_per_second:.2f} ep/s) | update {self.update_seconds:.1f}s | "
             f"loss {logs.get('loss', 0.0):.4f} | kl {logs.get('kl', 0.0):.4f}"
             + (f" | dropped {s.dropped} retries {s.infra_retries}" if s.infra_retries else "")
+            + (f" | {s.task_summary()}" if s.by_task else "")
         )
         self.lines.append(line)
         if self.training_bar is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 
 import psutil
@@ -78,6 +80,12 @@ def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
     assert episodes == 2 * 4  # 2 steps x 2 groups x 2 episodes, none dropped
     logged = [h for h in training.trainer.state.log_history if "rollout/success_rate" in h]
     assert len(logged) == 2
+    # The step line says what each task scored; episodes.jsonl keeps every episode's actions.
+    assert re.search(r"(click-test|enter-text) \d/\d", training.progress.lines[0])
+    records = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").open()]
+    assert [r["step"] for r in records] == [1] * 4 + [2] * 4
+    assert {r["task"] for r in records} <= {"click-test", "enter-text"}
+    assert all(r["turns"] == len(r["actions"]) >= 1 for r in records)
 
     # Resume from the newest checkpoint: the count continues at 2, one more step to 3.
     resumed_cfg = _config(tiny_chat_model, tmp_path / "run", max_steps=3)
