@@ -229,19 +229,7 @@ def score_episodes(
                 sum(e.invalid_actions for e in played) / actions if actions else 0.0
             ),
         )
-    records = [
-        EpisodeRecord(
-            task=e.task,
-            seed=e.seed,
-            reward=e.reward,
-            outcome=e.outcome,
-            turns=e.turns,
-            actions=list(e.actions),
-            invalid_actions=e.invalid_actions,
-            infra_retries=e.infra_retries,
-        )
-        for e in episodes
-    ]
+    records = [EpisodeRecord(**e.facts()) for e in episodes]
     return scores, records
 
 

@@ -304,18 +304,7 @@ def append_episode_log(path: Path, step: int, episodes: Sequence[Episode]) -> No
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as out:
         for e in episodes:
-            record = {
-                "step": step,
-                "task": e.task,
-                "seed": e.seed,
-                "outcome": e.outcome,
-                "reward": e.reward,
-                "turns": e.turns,
-                "actions": e.actions,
-                "invalid_actions": e.invalid_actions,
-                "infra_retries": e.infra_retries,
-                "policy_versions": e.policy_versions,
-            }
+            record = {"step": step, **e.facts(), "policy_versions": e.policy_versions}
             if e.drop_reason:
                 record["drop_reason"] = e.drop_reason
             out.write(json.dumps(record) + "\n")

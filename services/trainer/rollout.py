@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from services.protocol.actions import extract_action
 from services.protocol.env import BrowserResetOptions
@@ -80,6 +80,19 @@ class Episode:
     @property
     def dropped(self) -> bool:
         return self.outcome == "dropped"
+
+    def facts(self) -> dict[str, Any]:
+        """What the episode did and how it ended, JSON-ready (evaluation reports, episode log)."""
+        return {
+            "task": self.task,
+            "seed": self.seed,
+            "reward": self.reward,
+            "outcome": self.outcome,
+            "turns": self.turns,
+            "actions": list(self.actions),
+            "invalid_actions": self.invalid_actions,
+            "infra_retries": self.infra_retries,
+        }
 
 
 class RolloutObserver:
