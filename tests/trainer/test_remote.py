@@ -81,6 +81,20 @@ async def test_token_ids_in_token_ids_out_with_logprobs_and_version(fake_server)
     assert body["stop"] == ["\n"] and body["max_tokens"] == 8 and body["top_p"] == 0.9
 
 
+async def test_a_sampling_seed_gives_every_request_its_own_seed(fake_server):
+    fake, url = fake_server
+    backend = RemoteBackend(url)
+    seeded = SamplingParams(max_new_tokens=8, temperature=0.7, seed=100)
+    try:
+        await backend.generate([[1, 2], [3, 4]], seeded)
+        await backend.generate([[1, 2]], seeded)
+        await backend.generate([[1, 2]], PARAMS)  # no seed: the server draws its own
+    finally:
+        await backend.close()
+    assert sorted(r["seed"] for r in fake.requests[:3]) == [100, 101, 102]
+    assert "seed" not in fake.requests[3]
+
+
 async def test_servers_that_return_tokens_as_ids_work_too(fake_server):
     fake, url = fake_server
     fake.mode = "tokens_as_ids"

@@ -20,6 +20,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     """Stop strings; the tokens that produced a stop string are kept in ``token_ids``."""
     seed: int | None = None
+    """Makes sampling reproducible: the backend's k-th request samples with ``seed + k``, so the
+    same call order replays the same draws while every request gets fresh random numbers (one
+    fixed seed per request would replay the same draws on every turn and bias the sample)."""
 
 
 @dataclass

@@ -57,6 +57,7 @@ class LocalBackend:
         self._tokenizer = tokenizer
         self._policy_version = policy_version
         self._lock = threading.Lock()
+        self._calls = 0  # generate() calls so far: call k samples with params.seed + k
         eos = tokenizer.eos_token_id
         self._eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -98,7 +99,8 @@ class LocalBackend:
         greedy = params.temperature <= 0
         recorder = _SampledLogprobs(1.0 if greedy else params.temperature)
         if params.seed is not None:
-            torch.manual_seed(params.seed)
+            torch.manual_seed(params.seed + self._calls)
+        self._calls += 1
         kwargs = (
             {"stop_strings": list(params.stop), "tokenizer": self._tokenizer} if params.stop else {}
         )

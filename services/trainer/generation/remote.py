@@ -43,6 +43,7 @@ class RemoteBackend:
             base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport
         )
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._requests = 0  # completions requested so far: request k samples with seed + k
 
     @classmethod
     def from_config(cls, cfg, *, policy_version: Callable[[], int] = lambda: 0) -> RemoteBackend:
@@ -91,7 +92,8 @@ class RemoteBackend:
         if params.stop:
             body["stop"] = list(params.stop)
         if params.seed is not None:
-            body["seed"] = params.seed
+            body["seed"] = params.seed + self._requests
+        self._requests += 1
         async with self._slots:
             data, headers = await self._request(
                 "POST", "/v1/completions", json=body, headers_too=True
