@@ -264,6 +264,7 @@ async def test_scaling_env_pods_live_while_a_rollout_runs(env_pods):
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+                await pool.aclose()  # pods A and B are shared: give their session slots back
                 await asyncio.to_thread(env_pods.stop_c)
 
     assert added > 0
