@@ -116,6 +116,12 @@ TRAINER = [
         unit="percentunit",
     ),
     Panel(
+        "Curriculum: share of groups by task",
+        [(f"trainer_curriculum_weight{{{NS}}}", "{{task}}")],
+        unit="percentunit",
+        description="Where the next GRPO groups go (curriculum.strategy: learnability).",
+    ),
+    Panel(
         "Loss, KL, grad norm",
         [
             (f"trainer_loss{{{NS}}}", "loss"),

@@ -118,6 +118,29 @@ class TaskConfig(_Section):
         return self.max_turns_per_task.get(task, self.max_turns)
 
 
+class CurriculumConfig(_Section):
+    strategy: Literal["round_robin", "learnability"] = Field(
+        "round_robin",
+        description=(
+            "How each GRPO group's task is chosen: 'round_robin' cycles through tasks.train; "
+            "'learnability' draws tasks with weight p(1-p) + floor from the policy's recent "
+            "success rate p, so groups go where rewards differ (WebRL's task selection)."
+        ),
+    )
+    window: int = Field(
+        32, ge=1, description="Recent training episodes per task that estimate its success rate."
+    )
+    floor: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Weight added to every task under 'learnability'. Even at 0 no task is dropped: a "
+            "task solved in all of its last 32 episodes keeps about a ninth of a half-solved "
+            "task's weight (p is smoothed towards 0.5); raise it to revisit such tasks more."
+        ),
+    )
+
+
 class LocalEnvConfig(_Section):
     pods: int = Field(
         0, ge=0, le=32, description="Env server processes to start on loopback (0: use endpoints)."
@@ -337,6 +360,9 @@ class TrainerConfig(_Section):
     run: RunConfig = Field(default_factory=RunConfig, description="Output and seeds.")
     model: ModelConfig = Field(..., description="The policy.")
     tasks: TaskConfig = Field(..., description="What to train on.")
+    curriculum: CurriculumConfig = Field(
+        default_factory=CurriculumConfig, description="Which task each GRPO group trains on."
+    )
     env: EnvConfig = Field(..., description="Env pods.")
     prompt: PromptConfig = Field(default_factory=PromptConfig, description="Prompting.")
     generation: GenerationConfig = Field(

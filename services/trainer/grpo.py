@@ -29,6 +29,7 @@ from typing import Any
 from transformers import ProgressCallback
 
 from services.trainer.config import TrainerConfig, canonical_task
+from services.trainer.curriculum import TaskCurriculum
 from services.trainer.env_pool import EnvPool
 from services.trainer.generation.base import GenerationBackend, SamplingParams
 from services.trainer.metrics import TrainerMetrics
@@ -221,6 +222,9 @@ class BrowserRollout:
         self.episode_log = (
             Path(cfg.run.output_dir) / "episodes.jsonl" if cfg.run.log_episodes else None
         )
+        self.curriculum = TaskCurriculum(
+            [canonical_task(t) for t in cfg.tasks.train], cfg.curriculum, seed=cfg.run.seed
+        )
         self.prompts = PromptBuilder(
             tokenizer,
             fmt=resolve_format(tokenizer, cfg.model.prompt_format),
@@ -275,12 +279,14 @@ class BrowserRollout:
     def __call__(self, prompts: list[Any], trainer) -> dict:
         self.policy_version = trainer.state.global_step
         self.metrics.set_policy_version(self.policy_version)
-        requests = [parse_episode_prompt(p) for p in prompts]
+        requests = self.curriculum.assign([parse_episode_prompt(p) for p in prompts])
         start = time.perf_counter()
         episodes = self.play(requests)
         seconds = time.perf_counter() - start
+        self.curriculum.record(episodes)
         self.last = StepStats.of(episodes, seconds)
         self.metrics.rollout_done(episodes, seconds)
+        self.metrics.curriculum_weights(self.curriculum.weights())
         _log_to_trl(trainer, self.last)
         if self.episode_log is not None:
             append_episode_log(self.episode_log, trainer.state.global_step + 1, episodes)

@@ -84,6 +84,12 @@ class TrainerMetrics(RolloutObserver):
             buckets=(0, 1, 2, 3, 4, 8, 16),
             registry=r,
         )
+        self.curriculum_weight = Gauge(
+            "trainer_curriculum_weight",
+            "Share of the next GRPO groups each task gets (curriculum.strategy).",
+            ["task"],
+            registry=r,
+        )
         self._current_version = 0
 
     # --- RolloutObserver --------------------------------------------------------------------
@@ -123,6 +129,10 @@ class TrainerMetrics(RolloutObserver):
         for task, eps in by_task.items():
             self.reward_mean.labels(task).set(sum(e.reward for e in eps) / len(eps))
             self.success_rate.labels(task).set(sum(e.success for e in eps) / len(eps))
+
+    def curriculum_weights(self, weights: dict[str, float]) -> None:
+        for task, weight in weights.items():
+            self.curriculum_weight.labels(task).set(weight)
 
     def update_done(self, step: int, seconds: float, logs: dict[str, float]) -> None:
         self.global_step.set(step)

@@ -17,13 +17,16 @@ from services.trainer.rollout import Episode
 
 pytestmark = [pytest.mark.chromium, pytest.mark.slow]
 
+TASKS = ("click-test", "enter-text")
 
-def _config(model_dir, out_dir, **grpo):
+
+def _config(model_dir, out_dir, curriculum="round_robin", **grpo):
     return load_config(
         {
             "run": {"output_dir": str(out_dir)},
             "model": {"source": str(model_dir)},
-            "tasks": {"train": ["click-test", "enter-text"], "max_turns": 2},
+            "tasks": {"train": list(TASKS), "max_turns": 2},
+            "curriculum": {"strategy": curriculum},
             "env": {"endpoints": ["http://unused:1"], "sessions_per_endpoint": 4},
             "generation": {"max_new_tokens": 6, "temperature": 1.0, "batch_wait_ms": 200},
             "lora": {"enabled": False},
@@ -61,7 +64,7 @@ def _train(cfg, model_dir, endpoints):
 def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
     env_pods, tiny_chat_model, tmp_path
 ):
-    cfg = _config(tiny_chat_model, tmp_path / "run")
+    cfg = _config(tiny_chat_model, tmp_path / "run", curriculum="learnability")
     training, final = _train(cfg, tiny_chat_model, env_pods)
 
     assert training.trainer.state.global_step == 2
@@ -74,7 +77,7 @@ def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
     assert _metric(training, "trainer_global_step") == 2
     episodes = sum(
         _metric(training, "trainer_episodes_total", task=t, outcome=o)
-        for t in ("click-test", "enter-text")
+        for t in TASKS
         for o in ("success", "failure", "truncated")
     )
     assert episodes == 2 * 4  # 2 steps x 2 groups x 2 episodes, none dropped
@@ -84,7 +87,10 @@ def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
     assert re.search(r"(click-test|enter-text) \d/\d", training.progress.lines[0])
     records = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").open()]
     assert [r["step"] for r in records] == [1] * 4 + [2] * 4
-    assert {r["task"] for r in records} <= {"click-test", "enter-text"}
+    assert {r["task"] for r in records} <= set(TASKS)
+    # The curriculum chose each group's task and publishes the next step's shares.
+    shares = [_metric(training, "trainer_curriculum_weight", task=t) for t in TASKS]
+    assert all(s > 0 for s in shares) and sum(shares) == pytest.approx(1.0)
     assert all(r["turns"] == len(r["actions"]) >= 1 for r in records)
 
     # Resume from the newest checkpoint: the count continues at 2, one more step to 3.
