@@ -4,7 +4,8 @@ A GRPO group whose episodes all succeed (or all fail) has zero advantage and tea
 costs a full rollout and update. The ``learnability`` strategy (the task-selection half of WebRL's
 curriculum) therefore draws each group's task with weight p(1 - p) + floor, where p is the
 policy's recent success rate on that task: tasks it solves about half the time get most groups,
-mastered and hopeless ones are only revisited (the floor), so a regression still shows up.
+mastered and hopeless ones are only revisited (p is smoothed, so their weight never reaches 0),
+so a regression still shows up.
 
 p is the Laplace estimate (successes + 1) / (episodes + 2) over the task's last ``window``
 training episodes; an unseen task starts at p = 0.5, the highest weight, so every task is tried
@@ -34,10 +35,6 @@ class TaskCurriculum:
         self._outcomes: dict[str, deque[bool]] = {
             task: deque(maxlen=config.window) for task in tasks
         }
-
-    @property
-    def tasks(self) -> list[str]:
-        return list(self._outcomes)
 
     def success_estimate(self, task: str) -> float:
         outcomes = self._outcomes[task]
