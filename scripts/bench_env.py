@@ -6,7 +6,7 @@ For click-test (scripted solver) and book-flight (scripted form filling, then bo
 flight; up to 6 steps) at 1, 2, 4, 8 concurrent sessions:
 
 * ``service``: one env pod (``python -m services.env``, a browser thread per session, pages reused
-  across episodes), driven over WebSocket by ``EnvClient`` sessions.
+  across episodes), driven over WebSocket by ``BrowserEnvClient`` sessions.
 * ``baseline``: the design upstream's OpenEnv BrowserGym server uses: BrowserGym's ``BrowserEnv``,
   ``env.reset()`` per episode (relaunches Chromium and the chat browser), task defaults
   (slow_mo 100 ms, 0.5 s pre-observation delay), every session's calls on ONE thread. The only
@@ -37,13 +37,13 @@ from pathlib import Path
 import httpx
 import psutil
 
-from services.env import oracle
 from services.env.browser import BrowserWorker
-from services.env.client import EnvClient
+from services.env.client import BrowserEnvClient
 from services.env.config import DEFAULT_CHROMIUM_ARGS, EnvServerConfig
-from services.env.episode import Episode
+from services.env.episode import PageEpisode
+from services.env.families import TaskCatalog, build_families
+from services.env.families.miniwob import miniwob_file_url, oracle
 from services.env.local import start_local_env_pods
-from services.env.tasks import TaskCatalog, miniwob_file_url
 from services.protocol.env import BrowserObservation, BrowserResetOptions
 
 BOOK_FLIGHT_STEPS = 6
@@ -136,7 +136,7 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 # ---- our service ---------------------------------------------------------------------------------
 async def _session(url: str, run: Run, task: str, deadline: float, seed0: int) -> None:
     """Play episodes until the deadline (at least one)."""
-    async with EnvClient(url, message_timeout_s=120) as env:
+    async with BrowserEnvClient(url, message_timeout_s=120) as env:
         seed = seed0
         while seed == seed0 or time.perf_counter() < deadline:
             started = time.perf_counter()
@@ -303,7 +303,8 @@ def phase_split(config: EnvServerConfig, episodes: int = 30) -> dict[str, float]
     """Median seconds per phase of click-test episodes run directly on one browser worker."""
     worker = BrowserWorker(0, config, lambda: None)
     try:
-        episode = worker.submit(Episode.create, worker, config, TaskCatalog()).result()
+        catalog = TaskCatalog(build_families(config.task_families))
+        episode = worker.submit(PageEpisode.create, worker, config, catalog).result()
         samples: dict[str, list[float]] = {}
         for seed in range(episodes):
             obs = worker.submit(
@@ -345,7 +346,7 @@ def soak(url: str, episodes: int, sessions: int = 2) -> list[dict]:
 
         async def worker(index: int) -> None:
             nonlocal done
-            async with EnvClient(url) as env:
+            async with BrowserEnvClient(url) as env:
                 seed = index
                 while done < episodes:
                     obs = await env.reset(task="click-test", seed=seed)

@@ -1,6 +1,6 @@
 """Async client of one env session (OpenEnv's WebSocket ``/ws`` protocol), with typed errors.
 
-    async with EnvClient("http://127.0.0.1:8000") as env:
+    async with BrowserEnvClient("http://127.0.0.1:8000") as env:
         obs = await env.reset(task="click-test", seed=3)
         obs = await env.step("click('13')")   # obs.reward, obs.done, obs.error
 
@@ -53,6 +53,14 @@ class EnvRequestError(EnvError):
     """The request is invalid (unknown task, bad fields, step before reset): don't retry."""
 
 
+class EnvTaskError(EnvError):
+    """The task's page or checker failed (TASK_ERROR): the episode is lost, the task is broken.
+
+    Neither the policy's fault nor a passing infrastructure failure: replaying it elsewhere gives
+    the same error, so callers drop the episode and count it.
+    """
+
+
 _UNAVAILABLE_CODES = {
     EnvErrorCode.DRAINING,
     EnvErrorCode.TIMEOUT,
@@ -70,10 +78,12 @@ def error_from_reply(data: dict[str, Any]) -> EnvError:
         return EnvCapacityError(code, message)
     if code in _UNAVAILABLE_CODES:
         return EnvUnavailableError(code, message)
+    if code == EnvErrorCode.TASK_ERROR:
+        return EnvTaskError(code, message)
     return EnvRequestError(code, message)
 
 
-class EnvClient:
+class BrowserEnvClient:
     """One session on one env pod; not safe for concurrent calls (one message at a time)."""
 
     def __init__(
@@ -95,7 +105,7 @@ class EnvClient:
         self.max_message_bytes = max_message_bytes
         self._ws: ClientConnection | None = None
 
-    async def connect(self) -> EnvClient:
+    async def connect(self) -> BrowserEnvClient:
         if self._ws is not None:
             return self
         try:
@@ -119,7 +129,7 @@ class EnvClient:
             await ws.send(json.dumps({"type": "close"}))
         await ws.close()
 
-    async def __aenter__(self) -> EnvClient:
+    async def __aenter__(self) -> BrowserEnvClient:
         return await self.connect()
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -1,20 +1,20 @@
 """Configuration of one env pod, loadable from YAML and ``BROWSERENV_*`` environment variables.
 
 Precedence (lowest first): field defaults, the YAML file, environment variables, explicit
-overrides (command-line flags). Environment variables are named ``BROWSERENV_<FIELD>`` in upper
-case; list values are JSON (``BROWSERENV_ALLOWED_TASKS='["click-test"]'``).
+overrides (command-line flags). Environment variables follow the rule every service shares
+(``services/common/settings.py``): ``BROWSERENV_<FIELD>``, values read as YAML or JSON
+(``BROWSERENV_ALLOWED_TASKS='[click-test]'``, ``BROWSERENV_MAX_SESSIONS=8``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.common.settings import deep_merge, environ_overrides, read_yaml
 from services.protocol.actions import DEFAULT_SUBSETS, allowed_actions
 
 ENV_PREFIX = "BROWSERENV_"
@@ -30,6 +30,37 @@ DEFAULT_CHROMIUM_ARGS = (
     "--disable-component-update",
     "--disable-sync",
 )
+
+
+class MiniWoBFamilyConfig(BaseModel):
+    """MiniWoB++: BrowserGym's 125 tasks, pages from the ``miniwob`` wheel."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["miniwob"] = "miniwob"
+    base_url: str | None = Field(
+        default=None,
+        description="Base URL of the MiniWoB pages (trailing slash); None: the `miniwob` package.",
+    )
+
+
+class PageFolderFamilyConfig(BaseModel):
+    """Your own pages: a folder of HTML tasks with goals and checkers (families/pages.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["pages"] = "pages"
+    name: str = Field(
+        default="pages",
+        pattern=r"^[a-z][a-z0-9_-]*$",
+        description="Prefix of the family's task names (<name>.<task>).",
+    )
+    folder: str = Field(..., description="Folder whose sub-folders (with task.yaml) are tasks.")
+
+
+TaskFamilyConfig = Annotated[
+    MiniWoBFamilyConfig | PageFolderFamilyConfig, Field(discriminator="type")
+]
 
 
 class EnvServerConfig(BaseModel):
@@ -65,13 +96,15 @@ class EnvServerConfig(BaseModel):
     no_sandbox: bool | None = Field(
         default=None, description="Pass --no-sandbox; None: only when running as root."
     )
-    miniwob_url: str | None = Field(
-        default=None,
-        description="Base URL of the MiniWoB pages (trailing slash); None: the `miniwob` package.",
+    task_families: list[TaskFamilyConfig] = Field(
+        default_factory=lambda: [MiniWoBFamilyConfig()],
+        min_length=1,
+        description="Families of tasks the pod serves (services/env/families): MiniWoB by "
+        "default; add {type: pages, name, folder} to serve a folder of your own pages.",
     )
     default_task: str = Field(default="click-test", description="Task of a reset without one.")
     allowed_tasks: list[str] | None = Field(
-        default=None, description="Tasks a reset may ask for; None: all 125 MiniWoB tasks."
+        default=None, description="Tasks a reset may ask for; None: every task of every family."
     )
     action_subsets: list[str] = Field(
         default_factory=lambda: list(DEFAULT_SUBSETS),
@@ -92,7 +125,11 @@ class EnvServerConfig(BaseModel):
         "restarted and the episode ends with a TIMEOUT error.",
     )
     action_timeout_ms: int = Field(
-        default=5000, ge=100, description="Playwright's timeout for one action (click, fill...)."
+        default=5000,
+        ge=100,
+        description="Playwright's timeout for one action (click, fill...), also inside "
+        "BrowserGym's action functions (upstream hard-codes 500 ms: valid actions failed on a "
+        "busy machine).",
     )
     slow_mo_ms: int = Field(
         default=0, ge=0, description="Playwright slow_mo; BrowserGym's MiniWoB default is 100 ms."
@@ -129,29 +166,14 @@ class EnvServerConfig(BaseModel):
         return self.browsers or self.max_sessions
 
 
-def _from_environment(environ: dict[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name, field in EnvServerConfig.model_fields.items():
-        raw = environ.get(ENV_PREFIX + name.upper())
-        if raw is None:
-            continue
-        annotation = str(field.annotation)
-        values[name] = json.loads(raw) if annotation.startswith("list") else raw
-    return values
-
-
 def load_config(
     path: str | Path | None = None,
     environ: dict[str, str] | None = None,
     **overrides: Any,
 ) -> EnvServerConfig:
     """Build the config from YAML (``path``), ``BROWSERENV_*`` variables and ``overrides``."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of config fields, got {type(loaded)}")
-        values.update(loaded)
-    values.update(_from_environment(dict(os.environ) if environ is None else environ))
+    values: dict[str, Any] = read_yaml(path) if path is not None else {}
+    environ = dict(os.environ) if environ is None else environ
+    values = deep_merge(values, environ_overrides(ENV_PREFIX, environ, EnvServerConfig))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return EnvServerConfig.model_validate(values)

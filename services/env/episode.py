@@ -1,9 +1,10 @@
 """One session's episodes on a reused page, built from BrowserGym's own parts.
 
 Instead of ``BrowserEnv.reset()`` (which relaunches Chromium and a second "chat" browser every
-episode) a session keeps one browser context and page, and each reset re-runs the MiniWoB task's
-own ``setup`` on that page. Validation (reward), bid marking, accessibility-tree extraction,
-HTML pruning and action execution are BrowserGym's functions; only the orchestration is ours.
+episode) a session keeps one browser context and page, and each reset re-runs the task's own
+setup on that page (a ``TaskInstance`` of the task's family: MiniWoB's ``setup``, or a page of
+your own). The task's check gives the reward; bid marking, accessibility-tree extraction, HTML
+pruning and action execution are BrowserGym's functions; only the orchestration is ours.
 
 Every method here runs on the owning ``BrowserWorker``'s thread.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -31,7 +33,8 @@ from browsergym.utils.obs import flatten_axtree_to_str, flatten_dom_to_str, prun
 
 from services.env.browser import BrowserWorker
 from services.env.config import EnvServerConfig
-from services.env.tasks import TaskCatalog, miniwob_file_url
+from services.env.families import TaskCatalog
+from services.env.families.base import TaskError, TaskInstance
 from services.protocol.actions import ActionParseError, allowed_actions, parse_action
 from services.protocol.env import BrowserObservation, BrowserResetOptions, BrowserState
 
@@ -44,6 +47,24 @@ _TRANSIENT_EXTRACT_ERRORS = (
     "Cannot mark a child frame without a bid",
     "Cannot read properties of undefined",
 )
+
+
+#: BrowserGym's action functions hard-code ``timeout=500`` (ms) on every Playwright call, over the
+#: context's default: on a busy machine a valid click on a present element then fails, and the
+#: same task, seed and actions give different outcomes. The pod rewrites them to its own
+#: ``action_timeout_ms`` (``test_action_code_uses_the_pods_timeout`` fails if upstream changes).
+_HARD_CODED_TIMEOUT = re.compile(r"\btimeout=500\b")
+
+
+def action_set_for(config: EnvServerConfig) -> HighLevelActionSet:
+    """BrowserGym's action set for the pod's subsets, with the pod's action timeout."""
+    action_set = HighLevelActionSet(
+        subsets=list(config.action_subsets), strict=False, multiaction=False
+    )
+    action_set.python_includes = _HARD_CODED_TIMEOUT.sub(
+        f"timeout={config.action_timeout_ms}", action_set.python_includes
+    )
+    return action_set
 
 
 class NotResetError(RuntimeError):
@@ -64,7 +85,7 @@ class EpisodeOptions:
 
 
 @dataclass
-class Episode:
+class PageEpisode:
     """A session's browser context, its page and the episode running on it."""
 
     worker: BrowserWorker
@@ -74,7 +95,7 @@ class Episode:
     context: playwright.sync_api.BrowserContext | None = None
     page: playwright.sync_api.Page | None = None
     generation: int = -1
-    task = None
+    task: TaskInstance | None = None
     task_name: str = ""
     seed: int | None = None
     episode_id: str | None = None
@@ -89,10 +110,7 @@ class Episode:
 
     @classmethod
     def create(cls, worker: BrowserWorker, config: EnvServerConfig, catalog: TaskCatalog):
-        action_set = HighLevelActionSet(
-            subsets=list(config.action_subsets), strict=False, multiaction=False
-        )
-        return cls(worker=worker, config=config, catalog=catalog, action_set=action_set)
+        return cls(worker=worker, config=config, catalog=catalog, action_set=action_set_for(config))
 
     @property
     def allowed(self) -> tuple[str, ...]:
@@ -100,8 +118,9 @@ class Episode:
 
     # ---- lifecycle --------------------------------------------------------------------------
     def reset(self, request: BrowserResetOptions) -> BrowserObservation:
-        task_cls = self.catalog.resolve(request.task or self.config.default_task)
+        task_name = self.catalog.resolve(request.task or self.config.default_task)
         self._end_episode()
+        self._teardown_task()
         started = time.perf_counter()
         if self.worker.due_for_recycle() and self.worker.active_episodes == 0:
             self._close_context()
@@ -116,14 +135,15 @@ class Episode:
                     extra.close()
         browser_ready = time.perf_counter()
         self.seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        self.task = task_cls(seed=self.seed, base_url=self.config.miniwob_url or miniwob_file_url())
+        self.task = self.catalog.instance(task_name, self.seed)
+        self.task_name = task_name
         try:
-            self.goal, _ = self.task.setup(self.page)
-        except playwright.sync_api.Error as exc:
+            self.goal = self.task.setup(self.page)
+        except (playwright.sync_api.Error, TaskError) as exc:
             self._raise_if_crashed(exc)
+            self.task = None
             raise
         setup_done = time.perf_counter()
-        self.task_name = task_cls.subdomain
         self.episode_id = request.episode_id
         self.options = EpisodeOptions(
             screenshot=request.screenshot,
@@ -159,12 +179,14 @@ class Episode:
         acted = time.perf_counter()
         try:
             self.page.wait_for_load_state("domcontentloaded", timeout=3000)
-            reward, done, _, _ = self.task.validate(self.page, [])
-        except playwright.sync_api.Error as exc:
+            check = self.task.check(self.page)
+        except (playwright.sync_api.Error, TaskError) as exc:
             self._raise_if_crashed(exc)
+            self._end_episode()
+            self.done = True
             raise
         validated = time.perf_counter()
-        reward = float(reward)
+        reward, done = check.reward, check.done
         self.cumulative_reward += reward
         truncated = not done and self.steps >= self.options.max_steps
         observation = self._observe(
@@ -192,6 +214,7 @@ class Episode:
 
     def close(self) -> None:
         self._end_episode()
+        self._teardown_task()
         self._close_context()
 
     # ---- internals --------------------------------------------------------------------------
@@ -199,6 +222,11 @@ class Episode:
         if self.running:
             self.running = False
             self.worker.active_episodes -= 1
+
+    def _teardown_task(self) -> None:
+        if self.task is not None:
+            with contextlib.suppress(Exception):  # a failing teardown must not block the next
+                self.task.teardown()
 
     def _close_context(self) -> None:
         if self.context is not None and self.worker.is_current(self.generation):

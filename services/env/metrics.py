@@ -1,4 +1,4 @@
-"""Prometheus series of one env pod (names are the team contract in TEAM.md)."""
+"""Prometheus series of one env pod (the dashboard and alerts in helm/browser-rl/files use them)."""
 
 from __future__ import annotations
 

@@ -39,9 +39,9 @@ from pydantic import ValidationError
 
 from services.env.browser import BrowserWorker
 from services.env.config import EnvServerConfig
-from services.env.episode import BrowserCrashedError, Episode, NotResetError
+from services.env.episode import BrowserCrashedError, NotResetError, PageEpisode
+from services.env.families import TaskCatalog, TaskError, UnknownTaskError, build_families
 from services.env.metrics import EnvMetrics
-from services.env.tasks import TaskCatalog, UnknownTaskError
 from services.protocol.actions import allowed_actions, describe
 from services.protocol.env import (
     ENV_PROTOCOL_VERSION,
@@ -69,7 +69,7 @@ class Session:
     id: str
     websocket: WebSocket
     worker: BrowserWorker
-    episode: Episode
+    episode: PageEpisode
     last_active: float = field(default_factory=time.monotonic)
     busy: bool = False
     task: str = ""  # task of the running episode, '' when none runs
@@ -81,7 +81,7 @@ class EnvService:
 
     def __init__(self, config: EnvServerConfig) -> None:
         self.config = config
-        self.catalog = TaskCatalog(config.allowed_tasks)
+        self.catalog = TaskCatalog(build_families(config.task_families), config.allowed_tasks)
         self.catalog.resolve(config.default_task)  # fail at start-up, not on the first reset
         self.metrics = EnvMetrics()
         self.metrics.sessions_capacity.set(config.max_sessions)
@@ -127,10 +127,14 @@ class EnvService:
 
     # ---- readiness ----------------------------------------------------------------------------
     def not_ready_reason(self) -> str | None:
+        """Why the pod should get no traffic: draining or a browser that cannot start.
+
+        A full pod stays ready: being full is normal while a trainer uses it (the trainer fills
+        every pod on purpose), and a not-ready pod would drop out of discovery, stall
+        ``helm --wait`` and node drains. Capacity is answered per session (CAPACITY_REACHED).
+        """
         if self.draining:
             return "draining"
-        if len(self.sessions) >= self.config.max_sessions:
-            return f"full: {len(self.sessions)}/{self.config.max_sessions} sessions"
         broken = [w.launch_error for w in self.workers if w is not None and w.launch_error]
         if broken:
             return f"browser launch failing: {broken[0]}"
@@ -162,7 +166,7 @@ class EnvService:
             id=uuid.uuid4().hex,
             websocket=websocket,
             worker=worker,
-            episode=Episode.create(worker, self.config, self.catalog),
+            episode=PageEpisode.create(worker, self.config, self.catalog),
         )
         self.sessions[session.id] = session
         self._update_readiness()
@@ -236,7 +240,7 @@ class EnvService:
             raise RequestError(EnvErrorCode.DRAINING, "the pod is draining: continue elsewhere")
         options = _validate(BrowserResetOptions, data)
         try:
-            task = self.catalog.resolve(options.task or self.config.default_task).subdomain
+            task = self.catalog.resolve(options.task or self.config.default_task)
         except UnknownTaskError as exc:
             raise RequestError(EnvErrorCode.UNKNOWN_TASK, str(exc)) from exc
         self._end_episode(session, "abandoned")
@@ -288,6 +292,10 @@ class EnvService:
             raise RequestError(EnvErrorCode.BROWSER_ERROR, f"{exc}; send a reset") from exc
         except NotResetError as exc:
             raise RequestError(EnvErrorCode.NOT_RESET, str(exc)) from exc
+        except TaskError as exc:
+            log.warning("session %s: %s", session.id, exc)
+            self._end_episode(session, "task_error")
+            raise RequestError(EnvErrorCode.TASK_ERROR, str(exc)) from exc
         except Exception as exc:
             log.exception("session %s: %s failed", session.id, getattr(fn, "__name__", fn))
             self._end_episode(session, "abandoned")
@@ -298,14 +306,16 @@ class EnvService:
     # ---- descriptions ---------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
         base = EnvironmentMetadata(
-            name="browsergym-miniwob",
-            description="MiniWoB++ tasks in headless Chromium via BrowserGym, many parallel "
-            "sessions per pod. Reset data: " + ", ".join(BrowserResetOptions.model_fields),
+            name="browser-rl-env",
+            description="Browser tasks (" + ", ".join(self.catalog.families) + ") in headless "
+            "Chromium via BrowserGym, many parallel sessions per pod. Reset data: "
+            + ", ".join(BrowserResetOptions.model_fields),
             version=ENV_PROTOCOL_VERSION,
         ).model_dump()
         return {
             **base,
             "tasks": list(self.catalog.allowed),
+            "task_families": self.catalog.by_family(),
             "default_task": self.config.default_task,
             "action_subsets": list(self.config.action_subsets),
             "actions": list(allowed_actions(self.config.action_subsets)),

@@ -16,7 +16,9 @@ from typing import Literal
 from openenv.core.env_server.types import Action, Observation, State
 from pydantic import BaseModel, ConfigDict, Field
 
-ENV_PROTOCOL_VERSION = "1.0"
+ENV_PROTOCOL_VERSION = "1.1"
+#: Largest task seed: MiniWoB and BrowserGym seed numpy's generator, which takes 32 bits.
+MAX_SEED = 2**32 - 1
 
 
 class BrowserAction(Action):
@@ -40,13 +42,19 @@ class BrowserResetOptions(BaseModel):
 
     task: str | None = Field(
         default=None,
+        max_length=255,
         description=(
-            "MiniWoB task, e.g. 'click-test' (also accepted: 'miniwob.click-test', "
-            "'browsergym/miniwob.click-test'). None: the pod's default task."
+            "Task as '<family>.<task>', e.g. 'pages.greet'; MiniWoB tasks also bare, "
+            "'click-test' (or 'miniwob.click-test', 'browsergym/miniwob.click-test'). None: the "
+            "pod's default task."
         ),
     )
     seed: int | None = Field(
-        default=None, ge=0, description="Task seed; None draws one. Same task+seed = same page."
+        default=None,
+        ge=0,
+        le=MAX_SEED,
+        description="Task seed in [0, 2**32 - 1] (tasks seed numpy with it); None draws one. "
+        "Same task+seed = same page.",
     )
     episode_id: str | None = Field(
         default=None, max_length=255, description="Caller's episode id, echoed in the state."
@@ -126,3 +134,4 @@ class EnvErrorCode(StrEnum):
     DRAINING = "DRAINING"
     TIMEOUT = "TIMEOUT"
     BROWSER_ERROR = "BROWSER_ERROR"
+    TASK_ERROR = "TASK_ERROR"

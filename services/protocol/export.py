@@ -56,7 +56,7 @@ def contract() -> dict[str, dict]:
                 "GET /ready": "PolicyStatus (200 ready, 503 while weights are swapped or failed)",
                 "POST /v1/policy/adapter": "AdapterUpdate -> PolicyUpdateResult",
                 "POST /v1/policy/adapter/upload": (
-                    "multipart: version (form field) + files (adapter_config.json, "
+                    "multipart: version and restart (form fields) + files (adapter_config.json, "
                     "adapter_model.safetensors) -> PolicyUpdateResult"
                 ),
                 "POST /v1/policy/weights": "FullUpdate -> PolicyUpdateResult",

@@ -13,8 +13,8 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from services.env import oracle
-from services.env.client import EnvClient, EnvRequestError, EnvUnavailableError
+from services.env.client import BrowserEnvClient, EnvRequestError, EnvUnavailableError
+from services.env.families.miniwob import oracle
 from services.env.local import free_port, start_local_env_pods, stop_pod
 
 pytestmark = pytest.mark.chromium
@@ -34,7 +34,7 @@ def pod():
 
 
 async def test_idle_sessions_are_reaped(pod, metric):
-    async with EnvClient(pod) as env:
+    async with BrowserEnvClient(pod) as env:
         await env.reset(task="click-test", seed=1)
         assert httpx.get(f"{pod}/ready").json()["sessions_active"] == 1
         await asyncio.sleep(3.5)
@@ -47,7 +47,7 @@ async def test_idle_sessions_are_reaped(pod, metric):
 
 async def test_browser_is_recycled_after_n_episodes_and_episodes_still_work(pod, metric):
     restarts = metric(pod, "browserenv_browser_restarts_total")
-    async with EnvClient(pod) as env:
+    async with BrowserEnvClient(pod) as env:
         for seed in range(5):
             obs = await env.reset(task="click-test", seed=seed)
             obs = await env.step(oracle.solve(obs)[0])
@@ -57,7 +57,7 @@ async def test_browser_is_recycled_after_n_episodes_and_episodes_still_work(pod,
 
 async def test_two_sessions_share_one_browser_thread(pod):
     async def run(task: str) -> float:
-        async with EnvClient(pod) as env:
+        async with BrowserEnvClient(pod) as env:
             obs = await env.reset(task=task, seed=2)
             for action in oracle.solve(obs):
                 obs = await env.step(action)
@@ -67,7 +67,7 @@ async def test_two_sessions_share_one_browser_thread(pod):
 
 
 async def test_allow_list_limits_tasks_and_names_the_valid_ones(pod):
-    async with EnvClient(pod) as env:
+    async with BrowserEnvClient(pod) as env:
         with pytest.raises(EnvRequestError) as caught:
             await env.reset(task="enter-text")
         assert caught.value.code == "UNKNOWN_TASK"
@@ -95,7 +95,7 @@ async def test_sigterm_drains_running_episodes_then_exits_cleanly():
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.2)
-        async with EnvClient(url) as env:
+        async with BrowserEnvClient(url) as env:
             obs = await env.reset(task="login-user", seed=1)
             proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.5)

@@ -12,13 +12,13 @@ import pytest
 from openenv.core import GenericEnvClient
 from websockets.asyncio.client import connect
 
-from services.env import oracle
 from services.env.client import (
+    BrowserEnvClient,
     EnvCapacityError,
-    EnvClient,
     EnvRequestError,
     EnvUnavailableError,
 )
+from services.env.families.miniwob import oracle
 from services.env.local import start_local_env_pods
 
 pytestmark = pytest.mark.chromium
@@ -38,7 +38,7 @@ def ws(pod: str):
     return connect(pod.replace("http://", "ws://") + "/ws", max_size=None)
 
 
-async def play(env: EnvClient, task: str, seed: int) -> float:
+async def play(env: BrowserEnvClient, task: str, seed: int) -> float:
     obs = await env.reset(task=task, seed=seed)
     for action in oracle.solve(obs):
         obs = await env.step(action)
@@ -48,13 +48,13 @@ async def play(env: EnvClient, task: str, seed: int) -> float:
 
 @pytest.mark.parametrize("task", ["click-test", "enter-text", "login-user", "click-link"])
 async def test_scripted_oracle_gets_reward_1(pod, task):
-    async with EnvClient(pod) as env:
+    async with BrowserEnvClient(pod) as env:
         for seed in (1, 2):
             assert await play(env, task, seed) == 1.0
 
 
 async def test_task_switching_between_episodes_of_one_session(pod):
-    async with EnvClient(pod) as env:
+    async with BrowserEnvClient(pod) as env:
         for task in ["login-user", "click-test", "enter-text", "click-test"]:
             assert await play(env, task, seed=7) == 1.0
             state = await env.state()
@@ -67,7 +67,7 @@ async def test_task_switching_between_episodes_of_one_session(pod):
 
 
 async def test_same_seed_gives_same_page(pod):
-    async with EnvClient(pod) as env:
+    async with BrowserEnvClient(pod) as env:
         first = await env.reset(task="login-user", seed=11)
         second = await env.reset(task="login-user", seed=11)
         other = await env.reset(task="login-user", seed=12)
@@ -75,7 +75,7 @@ async def test_same_seed_gives_same_page(pod):
 
 
 async def test_wrong_actions_give_reward_0(pod):
-    async with EnvClient(pod) as env:
+    async with BrowserEnvClient(pod) as env:
         obs = await env.reset(task="click-button", seed=3)
         target = oracle.solve(obs)[0]
         wrong = next(
@@ -95,7 +95,7 @@ async def test_wrong_actions_give_reward_0(pod):
 
 
 async def test_bad_actions_report_real_errors_and_the_episode_goes_on(pod):
-    async with EnvClient(pod) as env:
+    async with BrowserEnvClient(pod) as env:
         obs = await env.reset(task="click-test", seed=1)
         cases = {
             "send_keys('hi')": "action 'send_keys' is not allowed here; allowed: clear, click",
@@ -114,7 +114,7 @@ async def test_bad_actions_report_real_errors_and_the_episode_goes_on(pod):
 
 
 async def test_step_cap_truncates(pod):
-    async with EnvClient(pod) as env:
+    async with BrowserEnvClient(pod) as env:
         await env.reset(task="click-test", seed=1, max_steps=2)
         first = await env.step("noop(0)")
         second = await env.step("noop(0)")
@@ -125,7 +125,7 @@ async def test_step_cap_truncates(pod):
 
 
 async def test_screenshot_and_pruned_html_are_opt_in(pod):
-    async with EnvClient(pod) as env:
+    async with BrowserEnvClient(pod) as env:
         plain = await env.reset(task="click-test", seed=1)
         assert plain.screenshot is None and plain.pruned_html == ""
         rich = await env.reset(task="click-test", seed=1, screenshot=True, pruned_html=True)
@@ -157,6 +157,9 @@ async def test_protocol_errors_are_clear_and_the_session_survives(pod):
         assert "click-test" in message and "book-flight" in message  # names the valid ones
         code, message = error(await send({"type": "reset", "data": {"seed": -1, "colour": 1}}))
         assert code == "VALIDATION_ERROR" and "seed" in message and "colour" in message
+        # numpy seeds take 32 bits: a bigger seed is refused here, never a traceback in the pod.
+        code, message = error(await send({"type": "reset", "data": {"seed": 10**40}}))
+        assert code == "VALIDATION_ERROR" and "seed" in message and "4294967295" in message
         code, message = error(await send({"type": "step", "data": {"action": "noop()"}}))
         assert code == "VALIDATION_ERROR" and "action_str" in message
         big = {"type": "step", "data": {"action_str": "x" * 20_000}}
@@ -171,21 +174,23 @@ async def test_protocol_errors_are_clear_and_the_session_survives(pod):
 
 
 async def test_over_capacity_is_refused_at_once_and_clears(pod):
-    clients = [EnvClient(pod) for _ in range(MAX_SESSIONS)]
+    clients = [BrowserEnvClient(pod) for _ in range(MAX_SESSIONS)]
     try:
         for client in clients:
             await client.reset(task="click-test", seed=1)
+        # Full is not "not ready": a trainer fills every pod on purpose (capacity is answered
+        # per session), and a pod leaving discovery whenever it is busy would stall rollouts.
         ready = httpx.get(f"{pod}/ready")
-        assert ready.status_code == 503 and ready.json()["reason"].startswith("full")
+        assert ready.status_code == 200 and ready.json()["sessions_active"] == MAX_SESSIONS
         started = time.monotonic()
         full = rf"CAPACITY_REACHED: pod is full: {MAX_SESSIONS}/{MAX_SESSIONS} sessions"
         with pytest.raises(EnvCapacityError, match=full):
-            async with EnvClient(pod) as extra:
+            async with BrowserEnvClient(pod) as extra:
                 await extra.state()
         assert time.monotonic() - started < 3.0  # refused at once, not queued behind browser work
         await clients[0].close()
         await _wait_for_sessions(pod, MAX_SESSIONS - 1)
-        async with EnvClient(pod) as extra:
+        async with BrowserEnvClient(pod) as extra:
             assert await play(extra, "click-test", 2) == 1.0
     finally:
         for client in clients:
@@ -195,13 +200,13 @@ async def test_over_capacity_is_refused_at_once_and_clears(pod):
 
 async def test_parallel_sessions_finish_before_the_same_work_one_after_another(pod):
     episodes = 4
-    clients = [EnvClient(pod) for _ in range(MAX_SESSIONS)]
+    clients = [BrowserEnvClient(pod) for _ in range(MAX_SESSIONS)]
     try:
         # Warm every session first (browser context and page exist), then time the same
         # episodes on one session and spread over all of them.
         await asyncio.gather(*(play(env, "click-test", 0) for env in clients))
 
-        async def run(env: EnvClient, n_episodes: int) -> None:
+        async def run(env: BrowserEnvClient, n_episodes: int) -> None:
             for seed in range(n_episodes):
                 assert await play(env, "click-test", seed) == 1.0
 
@@ -231,7 +236,7 @@ async def test_dropped_client_frees_its_session(pod, metric):
 
 async def test_hung_step_times_out_and_the_browser_is_replaced(pod, metric):
     restarts = metric(pod, "browserenv_browser_restarts_total")
-    async with EnvClient(pod) as env:
+    async with BrowserEnvClient(pod) as env:
         await env.reset(task="click-test", seed=1)
         with pytest.raises(EnvUnavailableError, match="TIMEOUT: the call took longer than 12 s"):
             await env.step("noop(60000)")  # waits a minute: past the pod's step timeout

@@ -6,15 +6,21 @@ import pytest
 from pydantic import ValidationError
 
 from services.env.client import (
+    BrowserEnvClient,
     EnvCapacityError,
-    EnvClient,
     EnvRequestError,
     EnvUnavailableError,
     error_from_reply,
 )
-from services.env.config import load_config
-from services.env.oracle import nodes
-from services.env.tasks import TASK_CLASSES, TaskCatalog, UnknownTaskError
+from services.env.config import MiniWoBFamilyConfig, load_config
+from services.env.families import FAMILIES, TaskCatalog, UnknownTaskError, build_families
+from services.env.families.miniwob import TASK_CLASSES
+from services.env.families.miniwob.oracle import nodes
+from services.protocol.tasks import miniwob_tasks
+
+
+def miniwob_catalog(allowed=None) -> TaskCatalog:
+    return TaskCatalog(build_families([MiniWoBFamilyConfig()]), allowed)
 
 
 def test_config_layers_yaml_then_environment_then_overrides(tmp_path):
@@ -36,18 +42,32 @@ def test_config_rejects_bad_values_with_the_reason():
 
 def test_catalog_has_all_125_tasks_and_accepts_prefixed_names():
     assert len(TASK_CLASSES) == 125
-    catalog = TaskCatalog()
+    catalog = miniwob_catalog()
     for name in ["click-test", "miniwob.click-test", "browsergym/miniwob.click-test"]:
-        assert catalog.resolve(name).subdomain == "click-test"
+        assert catalog.resolve(name) == "click-test"
 
 
 def test_catalog_allow_list():
-    catalog = TaskCatalog(["login-user", "miniwob.click-test"])
+    catalog = miniwob_catalog(["login-user", "miniwob.click-test"])
     assert catalog.allowed == ("click-test", "login-user")
     with pytest.raises(UnknownTaskError, match="not allowed on this pod; valid tasks: click"):
         catalog.resolve("enter-text")
-    with pytest.raises(UnknownTaskError, match="names unknown MiniWoB task"):
-        TaskCatalog(["click-tset"])
+    with pytest.raises(UnknownTaskError, match=r"names unknown task\(s\) \['click-tset'\]"):
+        miniwob_catalog(["click-tset"])
+
+
+def test_published_miniwob_task_list_is_what_the_family_serves():
+    """The trainer checks task names against the published list: it must not drift."""
+    assert miniwob_tasks() == frozenset(miniwob_catalog().allowed)
+
+
+def test_every_family_config_type_has_a_registry_entry():
+    from typing import get_args
+
+    from services.env.config import TaskFamilyConfig
+
+    union = get_args(get_args(TaskFamilyConfig)[0])
+    assert {m.model_fields["type"].default for m in union} == set(FAMILIES.names())
 
 
 @pytest.mark.parametrize(
@@ -70,10 +90,10 @@ def test_error_codes_map_to_what_the_caller_should_do(code, kind):
 
 async def test_unreachable_pod_is_unavailable():
     with pytest.raises(EnvUnavailableError, match="CONNECT_FAILED"):
-        async with EnvClient("http://127.0.0.1:9", connect_timeout_s=2) as env:
+        async with BrowserEnvClient("http://127.0.0.1:9", connect_timeout_s=2) as env:
             await env.reset()
     with pytest.raises(ValueError, match="needs a scheme"):
-        EnvClient("127.0.0.1:8000")
+        BrowserEnvClient("127.0.0.1:8000")
 
 
 def test_oracle_reads_bids_from_the_accessibility_tree():
@@ -82,3 +102,15 @@ def test_oracle_reads_bids_from_the_accessibility_tree():
         ("13", "button", "Click Me!"),
         ("a4", "textbox", ""),
     ]
+
+
+def test_action_code_uses_the_pods_timeout_not_browsergyms_500_ms():
+    """BrowserGym's action functions hard-code timeout=500: a valid click failed on a busy
+    machine. The pod's action code carries its own ``action_timeout_ms`` everywhere."""
+    from services.env.config import EnvServerConfig
+    from services.env.episode import action_set_for
+
+    action_set = action_set_for(EnvServerConfig(action_timeout_ms=4321))
+    code = action_set.to_python_code("click('13')")
+    assert "timeout=500" not in code
+    assert code.count("timeout=4321") >= 3  # click, and the scroll-into-view helpers

@@ -1,0 +1,1 @@
+"""Small pieces every service uses: the component registry and the config-loading rules."""
