@@ -1,7 +1,8 @@
 """Configuration of the inference service: what vLLM serves and how policy updates land.
 
 One pydantic model, loadable from YAML (``InferenceConfig.from_yaml``) with environment overrides
-``INFERENCE_<FIELD>`` (e.g. ``INFERENCE_PORT=8000``), so the same file works locally and in a pod.
+``INFERENCE_<FIELD>`` (e.g. ``INFERENCE_PORT=8000``; the rule every service shares,
+``services/common/settings.py``), so the same file works locally and in a pod.
 The API key itself never sits in the file: ``api_key_env`` names the variable that holds it.
 """
 
@@ -13,6 +14,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from services.common.settings import deep_merge, environ_overrides
 
 # vLLM accepts only these LoRA ranks (``--max-lora-rank``).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -32,7 +35,8 @@ class InferenceConfig(BaseModel):
         default="policy",
         description=(
             "Name clients put in `model`: always the newest policy version. Adapter versions are "
-            "also addressable as '<name>-v<version>'."
+            "also addressable as '<name>-v<version>' ('-r<k>' appended after the k-th trainer "
+            "restart, so a repeated version never reuses a name)."
         ),
     )
     host: str = Field(default="127.0.0.1", description="Bind address (0.0.0.0 in a pod).")
@@ -104,13 +108,8 @@ class InferenceConfig(BaseModel):
         cls, data: dict[str, Any], env: dict[str, str] | None = None
     ) -> InferenceConfig:
         """Build from a mapping; ``INFERENCE_<FIELD>`` variables in ``env`` override it."""
-        merged = dict(data)
-        for name, field in cls.model_fields.items():
-            raw = (env if env is not None else os.environ).get(ENV_PREFIX + name.upper())
-            if raw is None:
-                continue
-            merged[name] = yaml.safe_load(raw) if field.annotation is not str else raw
-        return cls.model_validate(merged)
+        environ = env if env is not None else os.environ
+        return cls.model_validate(deep_merge(data, environ_overrides(ENV_PREFIX, environ, cls)))
 
     @classmethod
     def from_yaml(cls, path: str | Path, env: dict[str, str] | None = None) -> InferenceConfig:

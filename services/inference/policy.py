@@ -141,6 +141,7 @@ class PolicyManager:
         self.failed: str | None = None
         self._swapping = False
         self._adapter_versions: dict[str, int] = {}
+        self._restarts = 0  # trainer restarts seen: names stay unique when versions repeat
         metrics.POLICY_VERSION.set(0)
         metrics.READY.set(1)
 
@@ -175,14 +176,18 @@ class PolicyManager:
         return requested_model, None
 
     # ---- updates ------------------------------------------------------------------------------
-    def _check_version(self, version: int) -> None:
+    def _check_version(self, version: int, restart: bool = False) -> None:
+        """Versions only grow, so a late or repeated push can never roll the policy back; a
+        restarted trainer says ``restart`` to re-establish the version it resumed from."""
         if self.failed is not None:
             raise UpdateRefused(PolicyErrorCode.FAILED, f"server failed earlier: {self.failed}")
-        if version <= self.served.version:
+        if version <= self.served.version and not restart:
             raise UpdateRefused(
                 PolicyErrorCode.STALE_VERSION,
                 f"version {version} is not newer than the served version {self.served.version}",
             )
+        if restart:
+            log.info("trainer restart: version %d replaces %d", version, self.served.version)
 
     @asynccontextmanager
     async def _recorded(self, kind: UpdateKind) -> AsyncIterator[None]:
@@ -199,7 +204,7 @@ class PolicyManager:
         metrics.WEIGHT_UPDATE_SECONDS.labels(kind.value).observe(time.perf_counter() - started)
 
     async def update_adapter(
-        self, version: int, files: dict[str, bytes] | Path
+        self, version: int, files: dict[str, bytes] | Path, *, restart: bool = False
     ) -> PolicyUpdateResult:
         """Store, validate and load an adapter, then make it the served version.
 
@@ -212,8 +217,9 @@ class PolicyManager:
                 raise UpdateRefused(
                     PolicyErrorCode.UNSUPPORTED, "LoRA is disabled on this server (enable_lora)"
                 )
-            self._check_version(version)
-            name = f"{self._served_name}-v{version}"
+            self._check_version(version, restart)
+            self._restarts += restart
+            name = self._adapter_name(version)
             folder = self._adapters_dir / f"{name}-{uuid.uuid4().hex[:8]}"
             try:
                 await asyncio.to_thread(self._store_adapter, folder, files)
@@ -243,6 +249,12 @@ class PolicyManager:
                 path=str(folder),
                 model=name,
             )
+
+    def _adapter_name(self, version: int) -> str:
+        """A name never used before for other weights (vLLM's prefix cache keys on it): after a
+        trainer restart, versions repeat, so the restart count is part of the name."""
+        name = f"{self._served_name}-v{version}"
+        return f"{name}-r{self._restarts}" if self._restarts else name
 
     @staticmethod
     def _store_adapter(folder: Path, files: dict[str, bytes] | Path) -> None:
@@ -275,11 +287,13 @@ class PolicyManager:
         for stale in folders[: -self._keep]:
             shutil.rmtree(stale, ignore_errors=True)
 
-    async def update_full(self, version: int, path: str) -> PolicyUpdateResult:
+    async def update_full(
+        self, version: int, path: str, *, restart: bool = False
+    ) -> PolicyUpdateResult:
         """Reload every base weight from a checkpoint folder, with generations held."""
         started = time.perf_counter()
         async with self._update_lock, self._recorded(UpdateKind.FULL):
-            self._check_version(version)
+            self._check_version(version, restart)
             folder = require_folder(path)
             await asyncio.to_thread(validate_checkpoint, folder, self._base_shapes)
             async with self._weights_swap():
@@ -340,11 +354,11 @@ class PolicyManager:
         metrics.READY.set(0)
 
     # ---- native weight transfer (NCCL): bracketed by two calls from the trainer ----------------
-    async def begin_transfer(self, version: int) -> None:
+    async def begin_transfer(self, version: int, *, restart: bool = False) -> None:
         """Hold generations so vLLM's /update_weights can write into the live weights."""
         await self._update_lock.acquire()
         try:
-            self._check_version(version)
+            self._check_version(version, restart)
             await self._hold_generations()
         except BaseException:
             self._update_lock.release()

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.inference.policy import PolicyManager
@@ -77,31 +79,37 @@ async def ready(request: Request) -> JSONResponse:
 @router.post("/v1/policy/adapter", response_model=PolicyUpdateResult)
 async def update_adapter_from_path(body: AdapterUpdate, request: Request) -> JSONResponse:
     manager = _manager(request)
-    return await _apply(manager, manager.update_adapter(body.version, Path(body.path)))
+    update = manager.update_adapter(body.version, Path(body.path), restart=body.restart)
+    return await _apply(manager, update)
 
 
 @router.post("/v1/policy/adapter/upload", response_model=PolicyUpdateResult)
 async def update_adapter_from_upload(
     request: Request,
-    version: Annotated[int, Form(ge=1)],
+    version: Annotated[int, Form(ge=0)],
     files: Annotated[list[UploadFile], File()],
+    restart: Annotated[bool, Form()] = False,
 ) -> JSONResponse:
     manager = _manager(request)
+    try:
+        AdapterUpdate(version=version, path="upload", restart=restart)  # the same wire rules
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from error
     contents = {Path(upload.filename or "").name: await upload.read() for upload in files}
-    return await _apply(manager, manager.update_adapter(version, contents))
+    return await _apply(manager, manager.update_adapter(version, contents, restart=restart))
 
 
 @router.post("/v1/policy/weights", response_model=PolicyUpdateResult)
 async def update_full_weights(body: FullUpdate, request: Request) -> JSONResponse:
     manager = _manager(request)
-    return await _apply(manager, manager.update_full(body.version, body.path))
+    return await _apply(manager, manager.update_full(body.version, body.path, restart=body.restart))
 
 
 @router.post("/v1/policy/weights/begin", response_model=PolicyStatus)
 async def begin_weight_transfer(body: WeightTransferBegin, request: Request) -> JSONResponse:
     manager = _manager(request)
     try:
-        await manager.begin_transfer(body.version)
+        await manager.begin_transfer(body.version, restart=body.restart)
     except UpdateRefused as refused:
         return _refusal(manager, refused.code, refused.message)
     return JSONResponse(manager.status().model_dump(mode="json"))

@@ -13,7 +13,9 @@ Generation itself is vLLM's own OpenAI-compatible API (``/v1/completions`` with 
 - ``GET  /ready``                     200 ``PolicyStatus`` when generations may run, else 503.
 
 Every update answers ``PolicyUpdateResult`` or, on refusal, ``PolicyUpdateError`` with the HTTP
-status of its ``code``. A refused update never changes what is served.
+status of its ``code``. A refused update never changes what is served. Versions only grow, except
+when an update says ``restart``: a trainer that restarted (resumed from a checkpoint behind the
+version it had pushed, or replaced) re-establishes its own policy and version.
 Every generation answer carries the header ``x-policy-version`` (see ``POLICY_VERSION_HEADER``).
 """
 
@@ -22,15 +24,35 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-INFERENCE_PROTOCOL_VERSION = "1.0"
+INFERENCE_PROTOCOL_VERSION = "1.1"
 POLICY_VERSION_HEADER = "x-policy-version"
 """Response header on every generation: the policy version whose weights produced it."""
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Versioned(_Wire):
+    """An update that installs a version: 1 and up, or 0 (the trainer's initial policy) when a
+    restarted trainer re-establishes it (``restart``)."""
+
+    version: int
+    restart: bool = Field(
+        default=False,
+        description=(
+            "The trainer restarted: accept a version at or below the served one and serve it "
+            "(a resumed trainer re-establishes the policy it resumed from)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _version_zero_only_on_restart(self):
+        if self.version == 0 and not self.restart:
+            raise ValueError("version 0 (the initial policy) is only sent with restart: true")
+        return self
 
 
 class UpdateKind(StrEnum):
@@ -40,11 +62,14 @@ class UpdateKind(StrEnum):
     FULL = "full"
 
 
-class AdapterUpdate(_Wire):
+class AdapterUpdate(_Versioned):
     """Activate the LoRA adapter stored in a folder the service can read (a shared volume)."""
 
     version: int = Field(
-        ..., ge=1, description="Policy version of this adapter; must exceed the served version."
+        ...,
+        ge=0,
+        description="Policy version of this adapter; must exceed the served version (unless "
+        "restart).",
     )
     path: str = Field(
         ...,
@@ -56,11 +81,14 @@ class AdapterUpdate(_Wire):
     )
 
 
-class FullUpdate(_Wire):
+class FullUpdate(_Versioned):
     """Reload every base weight from a checkpoint folder the service can read (GPU-free path)."""
 
     version: int = Field(
-        ..., ge=1, description="Policy version of these weights; must exceed the served version."
+        ...,
+        ge=0,
+        description="Policy version of these weights; must exceed the served version (unless "
+        "restart).",
     )
     path: str = Field(
         ...,
@@ -72,16 +100,16 @@ class FullUpdate(_Wire):
     )
 
 
-class WeightTransferBegin(_Wire):
+class WeightTransferBegin(_Versioned):
     """Stop generations before vLLM's native weight transfer writes into the live weights."""
 
-    version: int = Field(..., ge=1, description="Version the transfer will install.")
+    version: int = Field(..., ge=0, description="Version the transfer will install.")
 
 
 class WeightTransferCommit(_Wire):
     """Finish a native weight transfer: reset the prefix cache, serve ``version``, resume."""
 
-    version: int = Field(..., ge=1, description="Must equal the version given to begin.")
+    version: int = Field(..., ge=0, description="Must equal the version given to begin.")
     succeeded: bool = Field(
         default=True,
         description=(
@@ -121,7 +149,7 @@ class PolicyStatus(_Wire):
 class PolicyUpdateResult(_Wire):
     """An update that is now active: every generation that starts from now on uses it."""
 
-    version: int = Field(..., ge=1, description="The version now served.")
+    version: int = Field(..., ge=0, description="The version now served.")
     kind: UpdateKind = Field(..., description="adapter or full.")
     seconds: float = Field(..., ge=0, description="Receive-to-active time on the server.")
     path: str = Field(..., description="Where the service keeps this version's files.")
@@ -133,7 +161,7 @@ class PolicyErrorCode(StrEnum):
 
     INVALID_UPDATE = "INVALID_UPDATE"  # 400: bad adapter/checkpoint, wrong shapes, bad rank
     NOT_FOUND = "NOT_FOUND"  # 404: the path does not exist on the service
-    STALE_VERSION = "STALE_VERSION"  # 409: version not above the served one
+    STALE_VERSION = "STALE_VERSION"  # 409: version not above the served one (and no restart)
     UNSUPPORTED = "UNSUPPORTED"  # 409: e.g. adapter update while LoRA is disabled
     FAILED = "FAILED"  # 503: the server is in a failed state and must be restarted
     ENGINE_ERROR = "ENGINE_ERROR"  # 500: vLLM refused it; the previous version keeps serving

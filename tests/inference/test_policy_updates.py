@@ -143,6 +143,34 @@ async def test_versions_only_move_forward(tmp_path: Path):
     assert again.status_code == 409 and again.json()["error"]["code"] == "STALE_VERSION"
 
 
+async def test_a_restarted_trainer_re_establishes_its_version_below_the_served_one(
+    tmp_path: Path,
+):
+    """A trainer resumed from checkpoint 2 while version 4 is served pushes 2 with restart: it
+    is served, under a name never used before (vLLM's prefix cache keys on names)."""
+    _engine, _manager, client = build(tmp_path)
+    folder = write_adapter(tmp_path / "a")
+    for version in (2, 4):
+        body = {"version": version, "path": str(folder)}
+        assert (await client.post("/v1/policy/adapter", json=body)).is_success
+    stale = await client.post("/v1/policy/adapter", json={"version": 2, "path": str(folder)})
+    assert stale.status_code == 409
+    restart = {"version": 2, "path": str(folder), "restart": True}
+    answer = await client.post("/v1/policy/adapter", json=restart)
+    assert answer.is_success and answer.json()["model"] == "policy-v2-r1"
+    assert (await client.get("/v1/policy")).json()["version"] == 2
+    upload_answer = await client.post(
+        "/v1/policy/adapter/upload",
+        data={"version": "0", "restart": "true"},
+        files=upload(folder, 0)["files"],
+    )
+    assert upload_answer.is_success and upload_answer.json()["model"] == "policy-v0-r2"
+    reply = await client.post("/v1/completions", json={"model": "policy", "prompt": [1]})
+    assert reply.headers["x-policy-version"] == "0"
+    zero = await client.post("/v1/policy/adapter", json={"version": 0, "path": str(folder)})
+    assert zero.status_code == 422 and "only sent with restart" in zero.text
+
+
 async def test_unexpected_upload_files_are_refused(tmp_path: Path):
     _engine, _manager, client = build(tmp_path)
     answer = await client.post(
