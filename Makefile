@@ -43,8 +43,9 @@ lint: setup ## ruff
 	$(VENV)/bin/ruff check services tests scripts
 	$(VENV)/bin/ruff format --check services tests scripts
 
-proto: setup ## regenerate the wire contract in proto/ from the code
+proto: setup ## regenerate the wire contract in proto/ and the published task lists from the code
 	$(PY) -m services.protocol.export proto
+	$(PY) scripts/publish_task_lists.py
 
 test: setup ## run the test suite (real Chromium, tiny random models)
 	$(PY) -m pytest -q -ra
@@ -62,7 +63,7 @@ chart-test: setup ## Helm chart, images, dashboards, alerts, discovery, live Pro
 	$(PY) -m pytest tests/deploy -q -ra
 
 chart-golden: setup ## re-render tests/deploy/golden/ after a deliberate chart change (review the diff)
-	$(PY) -m tests.deploy.chartlib
+	$(PY) -m tests.deploy.chartlib --write
 
 chart-schema: setup ## re-embed the trainer's config schema in helm/browser-rl/values.schema.json
 	$(PY) scripts/chart_schema.py
@@ -116,7 +117,7 @@ bench-inference: setup setup-vllm ## adapter push vs full reload, remote (vLLM) 
 trained ?= auto
 
 eval: setup ## base vs trained on held-out seeds: make eval [config=<yaml>] [trained=<checkpoint>|auto] [EVAL_ARGS=...]
-	$(PY) -m services.trainer.evaluate --config $(config) --trained $(trained) $(EVAL_ARGS)
+	$(PY) -m services.trainer.evaluation --config $(config) --trained $(trained) $(EVAL_ARGS)
 
 # --- trainer ---
 # `make run` trains the local default (Gemma-3-270M base, LoRA, CPU, local env pods) and then

@@ -30,6 +30,7 @@ import httpx
 import yaml
 
 from services.env.local import free_port, start_local_env_pods, stop_pod
+from services.trainer.config import dump_config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "browser-rl"
@@ -41,9 +42,12 @@ def alert_rules(namespace: str = NAMESPACE) -> str:
     """The chart's PrometheusRule groups, rendered for `namespace` (a Prometheus rules file)."""
     import helm_python as helm
 
+    values = {"monitoring": {"prometheusRule": {"enabled": True}}}  # no Operator to detect here
     with helm.Chart.load(CHART) as chart:
-        rendered = chart.render({}, name="rl", namespace=namespace)
-    for text in rendered.values():
+        rendered = chart.render(values, name="rl", namespace=namespace)
+    for path, text in rendered.items():
+        if path.endswith("NOTES.txt"):
+            continue
         for doc in yaml.safe_load_all(text):
             if doc and doc.get("kind") == "PrometheusRule":
                 return yaml.safe_dump(doc["spec"], sort_keys=False)
@@ -148,21 +152,21 @@ def query(prometheus_url: str, promql: str) -> list[dict[str, Any]]:
 
 def trainer_config(source: Path, env_urls: list[str], metrics_port: int, out: Path) -> Path:
     """The trainer config pointed at the already-running env pods and a known metrics port."""
-    config = yaml.safe_load(source.read_text()) or {}
-    env = config.setdefault("env", {})
-    env.update({"discovery": "static", "endpoints": env_urls})
-    env.setdefault("local", {})["pods"] = 0
-    config.setdefault("metrics", {}).update({"port": metrics_port, "host": "127.0.0.1"})
+    config = dump_config(load_config(source))
+    config["env"]["discovery"] = {"type": "static", "endpoints": env_urls}
+    config["env"]["local"]["pods"] = 0
+    config["metrics"].update({"port": metrics_port, "host": "127.0.0.1"})
     out.write_text(yaml.safe_dump(config, sort_keys=False))
     return out
 
 
-def env_pods_wanted(config_path: Path | None, default: int) -> tuple[int, int]:
-    """(pods, max sessions per pod) from the trainer config's env.local section."""
+def env_pods_wanted(config_path: Path | None, default: int) -> tuple[int, int, dict]:
+    """(pods, max sessions per pod, pod settings) from the trainer config's env.local section."""
     if config_path is None:
-        return default, 4
-    local = ((yaml.safe_load(config_path.read_text()) or {}).get("env") or {}).get("local") or {}
-    return int(local.get("pods") or default), int(local.get("max_sessions") or 4)
+        return default, 4, {}
+    config = load_config(config_path)
+    pod = config.local_pod_config().model_dump(exclude={"host", "port", "max_sessions"})
+    return config.env.local.pods or default, config.env.local.max_sessions, pod
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,12 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     config = None if args.no_trainer else args.config
     if config is not None and not config.is_file():
         parser.error(f"trainer config {config} does not exist")
-    pods, sessions = env_pods_wanted(config, args.env_pods)
+    pods, sessions, pod_settings = env_pods_wanted(config, args.env_pods)
     args.log_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         print(f">> starting {pods} env pods (logs in {args.log_dir})", flush=True)
         urls = stack.enter_context(
-            start_local_env_pods(pods, max_sessions=sessions, log_dir=args.log_dir)
+            start_local_env_pods(pods, max_sessions=sessions, log_dir=args.log_dir, **pod_settings)
         )
         targets = {"env": urls}
         if config is not None:

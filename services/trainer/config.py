@@ -3,19 +3,54 @@
 Every field is documented here; the YAML files under ``configs/`` repeat the docs as comments.
 Unknown keys, wrong types, unknown tasks and inconsistent sizes fail at load time with a message
 that names the offending key, so a bad config never costs a model load or an env start.
+
+Configs compose: ``load_config(a, b)`` (``--config a.yaml --config b.yaml``) deep-merges the files
+in order, later wins; a file may name its base with ``extends: <path relative to the file>``.
+Then ``TRAINER_*`` environment variables and ``--set section.key=value`` apply
+(``services/common/settings.py`` has the rule every service shares).
+
+The extension points are discriminated unions on ``type``: generation backends, env discovery,
+curricula and reward sources. Each union member is the config of one registered component
+(``Registry`` in ``services/common/registry.py``).
 """
 
 from __future__ import annotations
 
-import importlib.resources
-from functools import cache
+import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
+from services.common.settings import (
+    SettingsError,
+    deep_merge,
+    environ_overrides,
+    parse_value,
+    read_yaml,
+    set_dotted,
+)
+from services.env.config import EnvServerConfig, PageFolderFamilyConfig
 from services.protocol.actions import SUBSETS
+from services.protocol.tasks import (
+    MINIWOB,
+    UnknownTaskError,
+    canonical_task,
+    check_tasks,
+    miniwob_tasks,
+    page_task_names,
+)
+
+ENV_PREFIX = "TRAINER_"
 
 
 class ConfigError(ValueError):
@@ -26,18 +61,23 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@cache
-def known_tasks() -> frozenset[str]:
-    """MiniWoB task names shipped by the installed ``miniwob`` package (one HTML page per task)."""
-    pages = importlib.resources.files("miniwob") / "html" / "miniwob"
-    return frozenset(
-        p.name.removesuffix(".html") for p in pages.iterdir() if p.name.endswith(".html")
-    )
+def typed_union(default: str, *models: type[BaseModel]) -> Any:
+    """A config union chosen by its ``type`` key (``default`` when the key is left out): one
+    member per registered component. An unknown type fails naming the known ones."""
+
+    def type_of(value: Any) -> str:
+        if isinstance(value, Mapping):
+            return value.get("type", default)
+        return getattr(value, "type", default)
+
+    members = tuple(Annotated[m, Tag(m.model_fields["type"].default)] for m in models)
+    return Annotated[Union[members], Discriminator(type_of)]  # noqa: UP007
 
 
-def canonical_task(name: str) -> str:
-    """'browsergym/miniwob.click-test' and 'miniwob.click-test' both mean 'click-test'."""
-    return name.removeprefix("browsergym/").removeprefix("miniwob.")
+def union_types(union: Any) -> set[str]:
+    """The ``type`` names a ``typed_union`` accepts (tests hold them equal to the registry's)."""
+    members = get_args(get_args(union)[0])
+    return {get_args(m)[0].model_fields["type"].default for m in members}
 
 
 class RunConfig(_Section):
@@ -75,7 +115,12 @@ class ModelConfig(_Section):
         Path("~/.cache/browser-rl/models"), description="Where converted models are cached."
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype for training (float32 on CPU)."
+        "float32",
+        description=(
+            "Compute dtype (float32 on CPU). With bfloat16/float16 a full fine-tune keeps float32 "
+            "master weights and runs forward/backward under autocast (a bf16 parameter rounds "
+            "away updates of lr 1e-6); a LoRA base is loaded in this dtype (it is frozen)."
+        ),
     )
     prompt_format: Literal["auto", "chat", "fewshot"] = Field(
         "auto",
@@ -89,9 +134,14 @@ class ModelConfig(_Section):
 
 class TaskConfig(_Section):
     train: list[str] = Field(
-        ..., min_length=1, description="MiniWoB tasks to train on, e.g. ['click-test']."
+        ...,
+        min_length=1,
+        description=(
+            "Tasks to train on: MiniWoB names ('click-test') or '<family>.<task>' of another "
+            "family the env pods serve ('pages.greet')."
+        ),
     )
-    max_turns: int = Field(5, ge=1, le=50, description="Turn cap per episode (env has none).")
+    max_turns: int = Field(5, ge=1, le=50, description="Turn cap per episode during training.")
     max_turns_per_task: dict[str, int] = Field(
         default_factory=dict, description="Per-task override of max_turns."
     )
@@ -105,28 +155,34 @@ class TaskConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _known(self) -> TaskConfig:
-        names = [canonical_task(t) for t in [*self.train, *self.max_turns_per_task]]
-        unknown = sorted(set(names) - known_tasks())
-        if unknown:
-            raise ValueError(f"unknown MiniWoB task(s) {unknown}")
+    def _turns(self) -> TaskConfig:
         if any(v < 1 for v in self.max_turns_per_task.values()):
             raise ValueError("max_turns_per_task values must be >= 1")
         return self
 
+    @property
+    def names(self) -> list[str]:
+        """The training tasks, canonical and without repeats."""
+        return list(dict.fromkeys(canonical_task(t) for t in self.train))
+
     def turns_for(self, task: str) -> int:
-        return self.max_turns_per_task.get(task, self.max_turns)
+        per_task = {canonical_task(k): v for k, v in self.max_turns_per_task.items()}
+        return per_task.get(canonical_task(task), self.max_turns)
 
 
-class CurriculumConfig(_Section):
-    strategy: Literal["round_robin", "learnability"] = Field(
-        "round_robin",
-        description=(
-            "How each GRPO group's task is chosen: 'round_robin' cycles through tasks.train; "
-            "'learnability' draws tasks with weight p(1-p) + floor from the policy's recent "
-            "success rate p, so groups go where rewards differ (WebRL's task selection)."
-        ),
-    )
+# --- curriculum strategies (services/trainer/curriculum.py: CURRICULA) ----------------------------
+
+
+class RoundRobinCurriculumConfig(_Section):
+    """Each group keeps the dataset's (balanced, round-robin) task."""
+
+    type: Literal["round_robin"] = "round_robin"
+
+
+class LearnabilityCurriculumConfig(_Section):
+    """Groups go where rewards differ: weight p(1-p) + floor (WebRL's task selection)."""
+
+    type: Literal["learnability"] = "learnability"
     window: int = Field(
         32, ge=1, description="Recent training episodes per task that estimate its success rate."
     )
@@ -134,38 +190,67 @@ class CurriculumConfig(_Section):
         0.0,
         ge=0,
         description=(
-            "Weight added to every task under 'learnability'. Even at 0 no task is dropped: a "
-            "task solved in all of its last 32 episodes keeps about a ninth of a half-solved "
-            "task's weight (p is smoothed towards 0.5); raise it to revisit such tasks more."
+            "Weight added to every task. Even at 0 no task is dropped: a task solved in all of "
+            "its last 32 episodes keeps about a ninth of a half-solved task's weight (p is "
+            "smoothed towards 0.5); raise it to revisit such tasks more."
         ),
     )
 
 
+CurriculumConfig = typed_union(
+    "round_robin", RoundRobinCurriculumConfig, LearnabilityCurriculumConfig
+)
+
+
+# --- env pods and their discovery (services/trainer/discovery.py: DISCOVERIES) --------------------
+
+
+class StaticDiscoveryConfig(_Section):
+    """A fixed list of env pod URLs (plus the local pods the trainer starts)."""
+
+    type: Literal["static"] = "static"
+    endpoints: list[str] = Field(default_factory=list, description="Env pod base URLs.")
+
+    @model_validator(mode="after")
+    def _urls(self) -> StaticDiscoveryConfig:
+        for url in self.endpoints:
+            if not url.startswith(("http://", "https://", "ws://", "wss://")):
+                raise ValueError(f"env endpoint {url!r} must start with http(s):// or ws(s)://")
+        return self
+
+
+class KubernetesDiscoveryConfig(_Section):
+    """The ready pods behind a Service, from its EndpointSlices (live: scale with kubectl)."""
+
+    type: Literal["kubernetes"] = "kubernetes"
+    service: str = Field("browser-env", min_length=1, description="Env Service name.")
+    namespace: str | None = Field(None, description="Its namespace (None: the pod's own).")
+    port_name: str = Field("http", description="Name of the env port in the EndpointSlices.")
+
+
+DiscoveryConfig = typed_union("static", StaticDiscoveryConfig, KubernetesDiscoveryConfig)
+
+
 class LocalEnvConfig(_Section):
     pods: int = Field(
-        0, ge=0, le=32, description="Env server processes to start on loopback (0: use endpoints)."
+        0, ge=0, le=32, description="Env server processes to start on loopback (0: none)."
     )
     max_sessions: int = Field(4, ge=1, le=64, description="Concurrent sessions per local pod.")
-    extra: dict[str, Any] = Field(
-        default_factory=dict, description="More keyword arguments for the env pods' config."
+    pod: EnvServerConfig = Field(
+        default_factory=EnvServerConfig,
+        description=(
+            "Further settings of the local pods (services/env/config.py; host, port and "
+            "max_sessions are set by the trainer). action_subsets defaults to the prompt's."
+        ),
     )
 
 
 class EnvConfig(_Section):
-    endpoints: list[str] = Field(
-        default_factory=list, description="Env pod base URLs (static discovery)."
+    discovery: DiscoveryConfig = Field(
+        default_factory=StaticDiscoveryConfig,
+        description="Where the env pods are: {type: static, endpoints} or {type: kubernetes}.",
     )
     local: LocalEnvConfig = Field(default_factory=LocalEnvConfig, description="Local env pods.")
-    discovery: Literal["static", "kubernetes"] = Field(
-        "static",
-        description="'static': endpoints + local pods; 'kubernetes': EndpointSlices (in-cluster).",
-    )
-    kubernetes_service: str = Field(
-        "browser-env", description="Env Service name watched by kubernetes discovery."
-    )
-    kubernetes_namespace: str | None = Field(
-        None, description="Namespace for kubernetes discovery (None: the pod's own)."
-    )
     sessions_per_endpoint: int = Field(
         4, ge=1, le=64, description="Sessions the trainer opens per endpoint at most."
     )
@@ -177,14 +262,18 @@ class EnvConfig(_Section):
     capacity_backoff_s: float = Field(
         0.5, gt=0, description="Wait after every endpoint said 'full' before trying again."
     )
+    wait_for_endpoint_s: float = Field(
+        600.0,
+        gt=0,
+        description="How long an episode waits for a usable env pod (none ready yet, all "
+        "failing) before it is dropped; queueing behind busy healthy pods never counts.",
+    )
 
     @model_validator(mode="after")
     def _has_envs(self) -> EnvConfig:
-        for url in self.endpoints:
-            if not url.startswith(("http://", "https://", "ws://", "wss://")):
-                raise ValueError(f"env endpoint {url!r} must start with http(s):// or ws(s)://")
-        if self.discovery == "static" and not self.endpoints and self.local.pods == 0:
-            raise ValueError("no env: set env.endpoints or env.local.pods > 0")
+        static = isinstance(self.discovery, StaticDiscoveryConfig)
+        if static and not self.discovery.endpoints and self.local.pods == 0:
+            raise ValueError("no env: set env.discovery.endpoints or env.local.pods > 0")
         return self
 
 
@@ -210,37 +299,89 @@ class PromptConfig(_Section):
         return self
 
 
-class RemoteGenerationConfig(_Section):
-    base_url: str = Field(
-        "http://127.0.0.1:8000", description="OpenAI-compatible server (the vLLM service)."
-    )
+# --- generation backends (services/trainer/generation: BACKENDS) ----------------------------------
+
+
+class LocalBackendConfig(_Section):
+    """The model being trained samples in this process (CPU and small runs)."""
+
+    type: Literal["local"] = "local"
+
+
+class RemoteBackendConfig(_Section):
+    """An OpenAI-compatible ``/v1/completions`` server with token ids: the vLLM service."""
+
+    type: Literal["remote"] = "remote"
+    base_url: str = Field("http://127.0.0.1:8000", description="Server URL.")
     model: str | None = Field(
         None, description="'model' field of requests (None: the server's first model)."
     )
     api_key_env: str | None = Field(None, description="Env var holding a bearer token, if any.")
     timeout_s: float = Field(300.0, gt=0, description="Per request timeout.")
     max_concurrency: int = Field(64, ge=1, description="Requests in flight at most.")
+    wait_ready_s: float = Field(
+        1800.0,
+        ge=0,
+        description="At start, wait this long for the server's /ready (it may still be loading "
+        "its model), retrying with back-off; then fail with what it last answered.",
+    )
+
+
+class ScriptedBackendConfig(_Section):
+    """A rule-based policy (reads the goal and page): tests, benchmarks, pipeline checks."""
+
+    type: Literal["scripted"] = "scripted"
+
+
+BackendConfig = typed_union("local", LocalBackendConfig, RemoteBackendConfig, ScriptedBackendConfig)
 
 
 class GenerationConfig(_Section):
-    backend: Literal["local", "remote"] = Field(
-        "local", description="'local': the trainer's own model in-process; 'remote': HTTP server."
+    backend: BackendConfig = Field(
+        default_factory=LocalBackendConfig,
+        description="Who samples the rollouts: {type: local | remote | scripted, ...}.",
     )
     max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens per turn at most.")
     temperature: float = Field(0.7, gt=0, le=2.0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling.")
     max_batch_size: int = Field(
-        16, ge=1, description="Turns generated together at most (local backend)."
+        16, ge=1, description="Turns generated together at most (one batch)."
     )
     batch_wait_ms: float = Field(
         20.0, ge=0, description="How long a turn waits for others to join its batch."
     )
-    remote: RemoteGenerationConfig = Field(
-        default_factory=RemoteGenerationConfig, description="Remote backend settings."
-    )
 
 
-class LoraConfig(_Section):
+# --- reward sources (services/trainer/rewards.py: REWARDS) ----------------------------------------
+
+
+class TaskRewardConfig(_Section):
+    """The env's own task reward (the task's checker): 1 for success, 0 otherwise."""
+
+    type: Literal["task"] = "task"
+    weight: float = Field(1.0, description="Weight in the sum TRL turns into advantages.")
+
+
+class InvalidActionRewardConfig(_Section):
+    """A penalty for replies that hold no valid action: -(invalid actions / actions)."""
+
+    type: Literal["invalid_action"] = "invalid_action"
+    weight: float = Field(0.1, description="Weight in the sum TRL turns into advantages.")
+
+
+class TurnCostRewardConfig(_Section):
+    """Efficiency: -(turns / the task's turn cap), so shorter episodes score higher."""
+
+    type: Literal["turn_cost"] = "turn_cost"
+    weight: float = Field(0.05, description="Weight in the sum TRL turns into advantages.")
+
+
+RewardConfig = typed_union(
+    "task", TaskRewardConfig, InvalidActionRewardConfig, TurnCostRewardConfig
+)
+
+
+class LoraAdapterConfig(_Section):
     enabled: bool = Field(True, description="Train a LoRA adapter (False: full fine-tune).")
     r: int = Field(8, ge=1, description="LoRA rank.")
     alpha: int = Field(16, ge=1, description="LoRA alpha.")
@@ -250,7 +391,7 @@ class LoraConfig(_Section):
     )
 
 
-class GRPOSection(_Section):
+class GrpoConfig(_Section):
     max_steps: int = Field(..., ge=1, description="Optimizer steps to train.")
     prompts_per_step: int = Field(
         2, ge=1, description="Task prompts (GRPO groups) per optimizer step."
@@ -284,7 +425,7 @@ class GRPOSection(_Section):
     )
 
     @model_validator(mode="after")
-    def _batches(self) -> GRPOSection:
+    def _batches(self) -> GrpoConfig:
         samples = self.prompts_per_step * self.num_generations
         if samples % self.micro_batch_size:
             raise ValueError(
@@ -317,8 +458,14 @@ class MetricsConfig(_Section):
     host: str = Field("0.0.0.0", description="Bind address of /metrics.")
 
 
-class InferenceConfig(_Section):
-    """Where the policy_sync callback (inference owner) pushes new weights after updates."""
+class NcclTransferConfig(_Section):
+    master_address: str = Field("127.0.0.1", description="NCCL rendezvous host (the trainer).")
+    master_port: int = Field(29551, ge=1, le=65535, description="NCCL rendezvous port.")
+    world_size: int = Field(2, ge=2, description="1 trainer rank + the vLLM workers.")
+
+
+class PolicySyncConfig(_Section):
+    """Where and how the trainer pushes each new policy to the inference service."""
 
     enabled: bool = Field(False, description="Push the policy to the inference service.")
     base_url: str = Field("http://127.0.0.1:8000", description="Inference service URL.")
@@ -326,15 +473,42 @@ class InferenceConfig(_Section):
     mode: Literal["adapter", "full"] = Field(
         "adapter", description="Push LoRA adapters or full weights."
     )
+    transport: Literal["auto", "upload", "shared_dir", "nccl"] = Field(
+        "auto",
+        description=(
+            "auto: adapters by upload (or shared_dir when set), full weights by shared_dir. "
+            "nccl: full weights by vLLM's native NCCL weight transfer (GPUs on both sides)."
+        ),
+    )
     shared_dir: Path | None = Field(
         None, description="Directory both sides can read (weights are written here)."
     )
-    extra: dict[str, Any] = Field(
-        default_factory=dict, description="More settings for the policy_sync callback."
+    service_shared_dir: str | None = Field(
+        None, description="shared_dir as the inference service mounts it (default: same path)."
+    )
+    keep_versions: int = Field(2, ge=1, description="Versions kept in shared_dir (newest).")
+    api_key_env: str | None = Field(None, description="Env var with the service's API key.")
+    timeout_s: float = Field(600.0, gt=0, description="Per request; a full reload may be slow.")
+    max_consecutive_refusals: int = Field(
+        3,
+        ge=1,
+        description="Pushes the service refused in a row before training stops (an unreachable "
+        "service is waited for, not counted).",
+    )
+    wait_ready_s: float = Field(
+        1800.0,
+        ge=0,
+        description="How long to wait (with back-off) for the service to be reachable and ready, "
+        "at start and when a push cannot get through; then training stops with the reason.",
+    )
+    nccl: NcclTransferConfig = Field(
+        default_factory=NcclTransferConfig, description="NCCL transport settings."
     )
 
 
 class EvalConfig(_Section):
+    """Held-out evaluation (BrowserGym's MiniWoB protocol by default)."""
+
     after_training: bool = Field(True, description="Evaluate base vs trained when training ends.")
     tasks: list[str] | None = Field(None, description="Tasks to evaluate (None: tasks.train).")
     seeds_per_task: int = Field(20, ge=1, description="Held-out seeds per task.")
@@ -345,12 +519,15 @@ class EvalConfig(_Section):
     temperature: float = Field(
         0.0, ge=0, description="0 = greedy (deterministic, comparable); >0 samples."
     )
+    max_context_tokens: int = Field(
+        8192, ge=64, description="Whole-episode budget; 10 turns of page text need more than 3k."
+    )
 
     @model_validator(mode="after")
-    def _known(self) -> EvalConfig:
-        unknown = sorted({canonical_task(t) for t in self.tasks or []} - known_tasks())
-        if unknown:
-            raise ValueError(f"unknown MiniWoB task(s) {unknown}")
+    def _no_repeats(self) -> EvalConfig:
+        names = [canonical_task(t) for t in self.tasks or []]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval.tasks has repeats: {self.tasks}")
         return self
 
 
@@ -361,21 +538,30 @@ class TrainerConfig(_Section):
     model: ModelConfig = Field(..., description="The policy.")
     tasks: TaskConfig = Field(..., description="What to train on.")
     curriculum: CurriculumConfig = Field(
-        default_factory=CurriculumConfig, description="Which task each GRPO group trains on."
+        default_factory=RoundRobinCurriculumConfig,
+        description="Which task each GRPO group trains on: {type: round_robin | learnability}.",
     )
     env: EnvConfig = Field(..., description="Env pods.")
     prompt: PromptConfig = Field(default_factory=PromptConfig, description="Prompting.")
     generation: GenerationConfig = Field(
         default_factory=GenerationConfig, description="Rollout generation."
     )
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA or full fine-tune.")
-    grpo: GRPOSection = Field(..., description="GRPO hyper-parameters.")
+    rewards: list[RewardConfig] = Field(
+        default_factory=lambda: [TaskRewardConfig()],
+        min_length=1,
+        description="Reward sources summed with their weights: [{type: task | invalid_action "
+        "| turn_cost, weight}]; success is always the task reward.",
+    )
+    lora: LoraAdapterConfig = Field(
+        default_factory=LoraAdapterConfig, description="LoRA or full fine-tune."
+    )
+    grpo: GrpoConfig = Field(..., description="GRPO hyper-parameters.")
     checkpoint: CheckpointConfig = Field(
         default_factory=CheckpointConfig, description="Checkpoints."
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="/metrics.")
-    inference: InferenceConfig = Field(
-        default_factory=InferenceConfig, description="Policy sync to the inference service."
+    policy_sync: PolicySyncConfig = Field(
+        default_factory=PolicySyncConfig, description="Pushing the policy to the inference service."
     )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation after training.")
     use_cpu: bool = Field(True, description="Train on CPU (no accelerator).")
@@ -389,16 +575,43 @@ class TrainerConfig(_Section):
                 f"eval seeds [{self.eval.seed_start}, {eval_stop}) overlap the training seeds "
                 f"[{self.tasks.seed_start}, {train_stop}): held-out seeds must be unseen"
             )
-        pod_subsets = self.env.local.extra.get("action_subsets")
-        if pod_subsets is not None and list(pod_subsets) != list(self.prompt.action_subsets):
+        pod = self.env.local.pod
+        if "action_subsets" in pod.model_fields_set and pod.action_subsets != list(
+            self.prompt.action_subsets
+        ):
             raise ValueError(
-                f"env.local.extra.action_subsets {pod_subsets} differs from "
+                f"env.local.pod.action_subsets {pod.action_subsets} differs from "
                 f"prompt.action_subsets {self.prompt.action_subsets}: the prompt would offer "
                 "actions the pods reject (or hide ones they accept)"
             )
         if self.model.dtype != "float32" and self.use_cpu:
             raise ValueError("model.dtype must be float32 with use_cpu (bf16 training on CPU)")
+        names = [*self.tasks.train, *self.tasks.max_turns_per_task, *(self.eval.tasks or [])]
+        try:
+            check_tasks(names, self.known_tasks())
+        except UnknownTaskError as exc:
+            raise ValueError(str(exc)) from None
         return self
+
+    def known_tasks(self) -> dict[str, frozenset[str] | tuple[str, ...]]:
+        """Task names by family, as far as this process can know them before a pod answers:
+        MiniWoB's published list, and the folders of the local pods' page families."""
+        known: dict[str, frozenset[str] | tuple[str, ...]] = {MINIWOB: miniwob_tasks()}
+        for family in self.env.local.pod.task_families:
+            if isinstance(family, PageFolderFamilyConfig) and self.env.local.pods:
+                known[family.name] = page_task_names(family.folder)
+        return known
+
+    @property
+    def eval_tasks(self) -> list[str]:
+        return list(dict.fromkeys(canonical_task(t) for t in self.eval.tasks or self.tasks.train))
+
+    def local_pod_config(self) -> EnvServerConfig:
+        """Settings of the local env pods: the prompt's action subsets unless set."""
+        pod = self.env.local.pod
+        if "action_subsets" in pod.model_fields_set:
+            return pod
+        return pod.model_copy(update={"action_subsets": list(self.prompt.action_subsets)})
 
 
 def _format_errors(exc: ValidationError) -> str:
@@ -412,39 +625,50 @@ def _format_errors(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_config(source: str | Path | dict[str, Any], **overrides: Any) -> TrainerConfig:
-    """Load and validate a YAML file (or a dict); ``overrides`` use dotted keys (grpo.max_steps)."""
-    if isinstance(source, dict):
-        data, where = source, "<dict>"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        where = str(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: top level must be a mapping of sections")
-    data = _apply_overrides(data, overrides)
+def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file merged onto the file its ``extends:`` names (recursively)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself")
+    data = read_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends must be a file path")
+    return deep_merge(_read_with_bases(path.parent / base, (*seen, path)), data)
+
+
+def load_config(
+    *sources: str | Path | Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> TrainerConfig:
+    """Merge ``sources`` (YAML paths or mappings, later wins), then ``TRAINER_*`` variables of
+    ``environ`` (default: the process environment), then dotted ``overrides``; validate."""
+    if not sources:
+        raise ConfigError("no config given")
+    data: dict[str, Any] = {}
+    names = []
+    try:
+        for source in sources:
+            if isinstance(source, Mapping):
+                layer, name = dict(source), "<dict>"
+            else:
+                layer, name = _read_with_bases(Path(source)), str(source)
+            data = deep_merge(data, layer)
+            names.append(name)
+        environ = os.environ if environ is None else environ
+        data = deep_merge(data, environ_overrides(ENV_PREFIX, environ, TrainerConfig))
+        for dotted, value in (overrides or {}).items():
+            set_dotted(data, dotted, value)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         return TrainerConfig.model_validate(data)
     except ValidationError as exc:
+        where = " + ".join(names)
         raise ConfigError(f"{where}: invalid trainer config:\n{_format_errors(exc)}") from None
-
-
-def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
-    for dotted, value in overrides.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {dotted}: {key} is not a section")
-        node[leaf] = value
-    return data
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -452,4 +676,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {item!r} must look like section.key=value")
-    return key.strip(), yaml.safe_load(raw)
+    return key.strip(), parse_value(raw)
+
+
+def dump_config(config: TrainerConfig) -> dict[str, Any]:
+    """The resolved config as plain data (what ``config.yaml`` in the run folder holds)."""
+    return config.model_dump(mode="json")

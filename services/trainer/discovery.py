@@ -1,15 +1,19 @@
 """Where the env pods are: a static list locally, Kubernetes EndpointSlices in a cluster.
 
-A ``Discovery`` reports the current endpoint list and, while the trainer runs, every change;
-the trainer feeds each list to ``EnvPool.set_endpoints`` (new pods join, removed ones drain).
-``services/trainer/k8s_discovery.py`` (deployment owner) implements the same protocol.
+A ``Discovery`` reports the current endpoint list and, while the trainer runs, every change; the
+rollout stack feeds each list to ``EnvPool.set_endpoints`` (new pods join, removed ones drain), in
+training and in evaluation alike. ``DISCOVERIES`` maps ``env.discovery.type`` to the class; add
+one = a module with a class that has ``from_config``, ``current`` and ``watch`` + one line here +
+its config model in the ``DiscoveryConfig`` union (services/trainer/config.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, runtime_checkable
+
+from services.common.registry import Registry
 
 EndpointsCallback = Callable[[list[str]], None]
 
@@ -25,12 +29,31 @@ class Discovery(Protocol):
         ...
 
 
+DISCOVERIES: Registry[Discovery] = Registry(
+    "env discovery",
+    {
+        "static": "services.trainer.discovery:StaticDiscovery",
+        "kubernetes": "services.trainer.k8s_discovery:EndpointSliceDiscovery",
+    },
+)
+
+
+def build_discovery(config, local_endpoints: Sequence[str] = ()) -> Discovery:
+    """The discovery for ``env.discovery``; ``local_endpoints`` are pods this process started."""
+    return DISCOVERIES.build(config, local_endpoints=list(local_endpoints))
+
+
 class StaticDiscovery:
     """A fixed list (local pods, or endpoints from the config); ``update`` replaces it."""
 
     def __init__(self, endpoints: Iterable[str]) -> None:
         self._endpoints = [u.rstrip("/") for u in endpoints]
         self._changed = asyncio.Event()
+
+    @classmethod
+    def from_config(cls, config, *, local_endpoints=()) -> StaticDiscovery:
+        """From ``StaticDiscoveryConfig``: its endpoints plus the local pods."""
+        return cls([*config.endpoints, *local_endpoints])
 
     async def current(self) -> list[str]:
         return list(self._endpoints)

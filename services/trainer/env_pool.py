@@ -21,10 +21,11 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from services.env.client import (
+    BrowserEnvClient,
     EnvCapacityError,
-    EnvClient,
     EnvError,
     EnvRequestError,
+    EnvTaskError,
     EnvUnavailableError,
 )
 from services.protocol.env import BrowserObservation, BrowserResetOptions
@@ -48,11 +49,19 @@ class NoEndpointsError(EnvInfraError):
     """No usable endpoint appeared within the wait limit."""
 
 
+class TaskFailedError(RuntimeError):
+    """The task's page or checker failed on the pod (TASK_ERROR): the task is broken.
+
+    Not infrastructure (a replay elsewhere fails the same way) and not the policy's fault: the
+    episode is dropped and counted. The session itself stays usable.
+    """
+
+
 @dataclass
 class _Endpoint:
     url: str
     active: int = 0  # our sessions on this pod, in use or idle
-    idle: list[EnvClient] = field(default_factory=list)
+    idle: list[BrowserEnvClient] = field(default_factory=list)
     draining: bool = False
     unusable_until: float = 0.0
     consecutive_failures: int = 0
@@ -63,7 +72,7 @@ class EnvSession:
     """One episode's session on one pod; ``step`` maps env errors to ``EnvInfraError``."""
 
     endpoint: str
-    client: EnvClient
+    client: BrowserEnvClient
     observation: BrowserObservation
     _closed: bool = field(default=False, repr=False)
 
@@ -72,6 +81,8 @@ class EnvSession:
             self.observation = await self.client.step(action)
         except EnvRequestError:
             raise  # a caller bug (bad request), not infrastructure: never retried
+        except EnvTaskError as exc:
+            raise TaskFailedError(str(exc)) from exc
         except EnvCapacityError as exc:
             raise EnvInfraError("capacity", self.endpoint, str(exc)) from exc
         except (TimeoutError, EnvUnavailableError, EnvError, OSError) as exc:
@@ -79,7 +90,7 @@ class EnvSession:
         return self.observation
 
 
-ClientFactory = Callable[[str], EnvClient]
+ClientFactory = Callable[[str], BrowserEnvClient]
 
 
 class EnvPool:
@@ -102,7 +113,7 @@ class EnvPool:
         self.failure_cooldown_s = failure_cooldown_s
         self.wait_for_endpoint_s = wait_for_endpoint_s
         self._client_factory = client_factory or (
-            lambda url: EnvClient(
+            lambda url: BrowserEnvClient(
                 url, connect_timeout_s=connect_timeout_s, message_timeout_s=message_timeout_s
             )
         )
@@ -110,6 +121,17 @@ class EnvPool:
         self._closing: set[asyncio.Task] = set()
         self._changed = asyncio.Event()
         self.set_endpoints(endpoints)
+
+    @classmethod
+    def from_config(cls, env, *, wait_for_endpoint_s: float | None = None) -> EnvPool:
+        """From the trainer config's ``env`` section (the endpoints come from discovery)."""
+        return cls(
+            sessions_per_endpoint=env.sessions_per_endpoint,
+            connect_timeout_s=env.connect_timeout_s,
+            message_timeout_s=env.message_timeout_s,
+            capacity_backoff_s=env.capacity_backoff_s,
+            wait_for_endpoint_s=wait_for_endpoint_s or env.wait_for_endpoint_s,
+        )
 
     # --- membership -------------------------------------------------------------------------
 
@@ -182,17 +204,25 @@ class EnvPool:
         session = await self._open(options, set(avoid))
         try:
             yield session
+        except TaskFailedError:
+            self._keep_idle(session)  # the task broke, the session is fine
+            raise
         except BaseException as exc:
             if isinstance(exc, EnvInfraError) and exc.reason != "capacity":
                 self.mark_failed(session.endpoint)
             await self._close(session)
             raise
-        ep = self._endpoints.get(session.endpoint)
-        if ep is not None and not ep.draining:
-            ep.idle.append(session.client)  # clean end: the next episode here resets it
-            self._notify()
-        else:
+        if not self._keep_idle(session):
             await self._close(session)
+
+    def _keep_idle(self, session: EnvSession) -> bool:
+        """Park a session whose episode ended cleanly; the next episode there resets it."""
+        ep = self._endpoints.get(session.endpoint)
+        if ep is None or ep.draining:
+            return False
+        ep.idle.append(session.client)
+        self._notify()
+        return True
 
     async def _open(self, options: BrowserResetOptions, avoid: set[str]) -> EnvSession:
         deadline = time.monotonic() + self.wait_for_endpoint_s
@@ -217,8 +247,11 @@ class EnvPool:
                 client = ep.idle.pop()
                 try:
                     observation = await client.reset(options)
-                except EnvRequestError:
-                    ep.idle.append(client)  # the session is fine; the request is not
+                except (EnvRequestError, EnvTaskError) as exc:
+                    ep.idle.append(client)  # the session is fine; the request or task is not
+                    self._notify()
+                    if isinstance(exc, EnvTaskError):
+                        raise TaskFailedError(str(exc)) from exc
                     raise
                 except (TimeoutError, EnvError, OSError) as exc:
                     log.debug("idle session on %s is gone (%s): opening a new one", ep.url, exc)
@@ -230,6 +263,10 @@ class EnvPool:
             try:
                 await client.connect()
                 observation = await client.reset(options)
+            except EnvTaskError as exc:
+                ep.idle.append(client)
+                self._notify()
+                raise TaskFailedError(str(exc)) from exc
             except EnvRequestError:
                 await self._release(ep, client)
                 raise
@@ -284,7 +321,7 @@ class EnvPool:
         ep = self._endpoints.get(session.endpoint)
         await self._release(ep, session.client)
 
-    async def _release(self, ep: _Endpoint | None, client: EnvClient) -> None:
+    async def _release(self, ep: _Endpoint | None, client: BrowserEnvClient) -> None:
         with contextlib.suppress(Exception):  # closing a dead pod's socket may fail: nothing lost
             await asyncio.wait_for(client.close(), 5.0)
         if ep is not None:

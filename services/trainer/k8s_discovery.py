@@ -104,9 +104,10 @@ class EndpointSliceDiscovery:
         self._watching = False
 
     @classmethod
-    def from_env_config(cls, env_config: Any) -> EndpointSliceDiscovery:
-        """From the trainer config's ``env`` section (discovery: kubernetes)."""
-        return cls(env_config.kubernetes_service, env_config.kubernetes_namespace)
+    def from_config(cls, config, *, local_endpoints=()) -> EndpointSliceDiscovery:
+        """From ``KubernetesDiscoveryConfig`` (local pods have no place in a cluster)."""
+        del local_endpoints
+        return cls(config.service, config.namespace, port_name=config.port_name)
 
     # --- Discovery protocol -----------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The trainer's Prometheus series (names agreed in TEAM.md) and the rollout observer feeding them.
+"""The trainer's Prometheus series and the rollout observer feeding them.
 
 Series live in their own registry so tests and several trainers in one process never collide;
 ``serve`` exposes it (plus process metrics) at ``/metrics``.
@@ -90,6 +90,17 @@ class TrainerMetrics(RolloutObserver):
             ["task"],
             registry=r,
         )
+        self.training = Gauge(
+            "trainer_training",
+            "1 while optimizer steps are being taken (0 while loading, evaluating or done): "
+            "alerts on a stalled step count only look at this phase.",
+            registry=r,
+        )
+        self.last_step_time = Gauge(
+            "trainer_last_step_timestamp_seconds",
+            "Unix time of the last optimizer step (or of the start of training).",
+            registry=r,
+        )
         self._current_version = 0
 
     # --- RolloutObserver --------------------------------------------------------------------
@@ -134,8 +145,17 @@ class TrainerMetrics(RolloutObserver):
         for task, weight in weights.items():
             self.curriculum_weight.labels(task).set(weight)
 
+    def training_started(self, step: int) -> None:
+        self.global_step.set(step)
+        self.training.set(1)
+        self.last_step_time.set_to_current_time()
+
+    def training_ended(self) -> None:
+        self.training.set(0)
+
     def update_done(self, step: int, seconds: float, logs: dict[str, float]) -> None:
         self.global_step.set(step)
+        self.last_step_time.set_to_current_time()
         self.step_seconds.labels("update").observe(seconds)
         for key, gauge in (("loss", self.loss), ("kl", self.kl), ("grad_norm", self.grad_norm)):
             if key in logs:

@@ -1,19 +1,31 @@
 """Trainer side of the policy-update protocol: push the new policy to the inference service.
 
-``build_callback(cfg.inference, trainer=, backend=)`` returns a TRL/transformers ``TrainerCallback``
-that, after every ``sync_every_steps`` optimizer steps, sends the policy to the vLLM service and
-tags it with a policy version = the trainer's ``global_step`` (monotonic, survives resumes):
+``build_callback(cfg.policy_sync)`` returns a TRL/transformers ``TrainerCallback`` that, after every
+``sync_every_steps`` optimizer steps, sends the policy to the vLLM service and tags it with a
+policy version = the trainer's ``global_step``:
 
 - ``mode: adapter``: only the LoRA adapter (a few MB) is saved and either uploaded over HTTP
   (``/v1/policy/adapter/upload``) or, with ``shared_dir``, written there and announced by path.
 - ``mode: full``: the full weights are written to ``shared_dir`` as a safetensors checkpoint and the
-  service reloads them (GPU-free path); or, with ``extra.transport: nccl``, broadcast over NCCL with
+  service reloads them (GPU-free path); or, with ``transport: nccl``, broadcast over NCCL with
   vLLM's native weight transfer (GPU clusters; needs vLLM installed in the trainer image).
 
 Every generation then reports the version that produced it (``x-policy-version``), which the
-remote generation backend records per sample, so staleness is visible. A refused push leaves the
-service on its previous version; the trainer logs it and raises after
-``extra.max_consecutive_failures`` refusals in a row instead of silently training off-policy.
+remote generation backend records per sample, so staleness is visible.
+
+What happens when things go wrong (each case tested):
+
+- The trainer starts (fresh, resumed or replaced) while the service serves another version (a
+  resume goes back to its checkpoint, behind the version it had pushed): at train begin it waits
+  for the service, then pushes its own policy with ``restart``, which the service accepts below
+  its served version. Versions are step counts again from there on.
+- The service cannot be reached (starting, restarting): the push waits with back-off up to
+  ``wait_ready_s`` and then stops training with the reason; an unreachable service is never
+  counted as a refusal.
+- The service refuses a push (bad files, wrong shapes, stale version): it keeps serving the
+  previous version; the trainer logs it and stops after ``max_consecutive_refusals`` refusals in
+  a row instead of silently training off-policy.
+
 Wire types: ``services/protocol/inference.py``.
 """
 
@@ -29,7 +41,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import TrainerCallback
 
 from services.protocol.inference import (
@@ -47,38 +58,21 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 class PolicySyncError(RuntimeError):
-    """A push the service refused or could not take; ``code`` is the service's error code."""
+    """A push the service refused or could not take; ``code`` is the service's error code.
+
+    ``status`` is None when no answer came back (connection refused, timeout): the service is
+    unreachable, which is waited out rather than counted as a refusal.
+    """
 
     def __init__(self, message: str, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.status = status
 
-
-class PolicySyncSettings(BaseModel):
-    """Settings in ``inference.extra`` (the trainer's ``inference:`` section)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    transport: Literal["auto", "upload", "shared_dir", "nccl"] = Field(
-        "auto",
-        description=(
-            "auto: adapters by upload (or shared_dir when set), full weights by shared_dir. "
-            "nccl: full weights by vLLM's native NCCL weight transfer (GPUs on both sides)."
-        ),
-    )
-    service_shared_dir: str | None = Field(
-        None, description="shared_dir as the inference service mounts it (default: same path)."
-    )
-    keep_versions: int = Field(2, ge=1, description="Versions kept in shared_dir (newest).")
-    api_key_env: str | None = Field(None, description="Env var with the service's API key.")
-    timeout_s: float = Field(600.0, gt=0, description="Per request; a full reload may be slow.")
-    max_consecutive_failures: int = Field(
-        3, ge=1, description="Refused pushes in a row before training stops with an error."
-    )
-    nccl_master_address: str = Field("127.0.0.1", description="NCCL rendezvous host (trainer).")
-    nccl_master_port: int = Field(29551, description="NCCL rendezvous port (trainer).")
-    nccl_world_size: int = Field(2, ge=2, description="1 trainer rank + the vLLM workers.")
+    @property
+    def refused(self) -> bool:
+        """The service answered and said no (as opposed to not answering)."""
+        return self.status is not None
 
 
 class PolicyClient:
@@ -103,27 +97,54 @@ class PolicyClient:
     def status(self) -> PolicyStatus:
         return PolicyStatus.model_validate(self._call("GET", "/v1/policy"))
 
-    def push_adapter_files(self, version: int, folder: Path) -> PolicyUpdateResult:
+    def wait_ready(self, timeout_s: float) -> PolicyStatus:
+        """The service's status once it answers ready, waiting with back-off up to
+        ``timeout_s``; ``PolicySyncError`` with its last answer when time is up."""
+        deadline = time.monotonic() + timeout_s
+        delay = 1.0
+        while True:
+            try:
+                status = self.status()
+                if status.ready:
+                    return status
+                last = f"not ready ({status.failed or 'updating'})"
+            except PolicySyncError as error:
+                last = str(error)
+            if time.monotonic() + delay > deadline:
+                raise PolicySyncError(
+                    f"inference service {self._http.base_url} not ready after "
+                    f"{timeout_s:.0f} s: {last}"
+                )
+            log.info("waiting for the inference service %s: %s", self._http.base_url, last)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    def push_adapter_files(
+        self, version: int, folder: Path, *, restart: bool = False
+    ) -> PolicyUpdateResult:
         files = [("files", (name, (folder / name).read_bytes())) for name in ADAPTER_FILES]
-        answer = self._call(
-            "POST", "/v1/policy/adapter/upload", data={"version": str(version)}, files=files
-        )
+        form = {"version": str(version), "restart": "true" if restart else "false"}
+        answer = self._call("POST", "/v1/policy/adapter/upload", data=form, files=files)
         return PolicyUpdateResult.model_validate(answer)
 
-    def push_adapter_path(self, version: int, path: str) -> PolicyUpdateResult:
-        body = AdapterUpdate(version=version, path=path).model_dump()
+    def push_adapter_path(
+        self, version: int, path: str, *, restart: bool = False
+    ) -> PolicyUpdateResult:
+        body = AdapterUpdate(version=version, path=path, restart=restart).model_dump()
         return PolicyUpdateResult.model_validate(
             self._call("POST", "/v1/policy/adapter", json=body)
         )
 
-    def push_full_path(self, version: int, path: str) -> PolicyUpdateResult:
-        body = FullUpdate(version=version, path=path).model_dump()
+    def push_full_path(
+        self, version: int, path: str, *, restart: bool = False
+    ) -> PolicyUpdateResult:
+        body = FullUpdate(version=version, path=path, restart=restart).model_dump()
         return PolicyUpdateResult.model_validate(
             self._call("POST", "/v1/policy/weights", json=body)
         )
 
-    def begin_transfer(self, version: int) -> None:
-        body = WeightTransferBegin(version=version).model_dump()
+    def begin_transfer(self, version: int, *, restart: bool = False) -> None:
+        body = WeightTransferBegin(version=version, restart=restart).model_dump()
         self._call("POST", "/v1/policy/weights/begin", json=body)
 
     def commit_transfer(self, version: int, succeeded: bool) -> PolicyUpdateResult:
@@ -174,12 +195,12 @@ class PolicyPusher:
         client: PolicyClient,
         *,
         mode: Literal["adapter", "full"],
-        settings: PolicySyncSettings,
+        settings,
         shared_dir: Path | None,
     ) -> None:
         self.client = client
         self.mode = mode
-        self.settings = settings
+        self.settings = settings  # PolicySyncConfig
         self.shared_dir = shared_dir
         self.transport = self._transport()
         self._nccl = None
@@ -191,25 +212,25 @@ class PolicyPusher:
                 return "shared_dir" if self.shared_dir else "upload"
             chosen = "shared_dir"
         if chosen == "nccl" and self.mode != "full":
-            raise ValueError("inference.extra.transport 'nccl' needs inference.mode 'full'")
+            raise ValueError("policy_sync.transport 'nccl' needs policy_sync.mode 'full'")
         if chosen == "upload" and self.mode != "adapter":
-            raise ValueError("full weights are too big to upload: set inference.shared_dir")
+            raise ValueError("full weights are too big to upload: set policy_sync.shared_dir")
         if chosen == "shared_dir" and self.shared_dir is None:
             raise ValueError(
-                f"inference.mode '{self.mode}' by shared_dir needs inference.shared_dir"
+                f"policy_sync.mode '{self.mode}' by shared_dir needs policy_sync.shared_dir"
             )
         return chosen
 
-    def push(self, model, version: int) -> PolicyUpdateResult:
+    def push(self, model, version: int, *, restart: bool = False) -> PolicyUpdateResult:
         model = _unwrap(model)
         if self.mode == "adapter" and not _is_peft(model):
-            raise PolicySyncError("inference.mode 'adapter' needs a LoRA (PEFT) model")
+            raise PolicySyncError("policy_sync.mode 'adapter' needs a LoRA (PEFT) model")
         if self.transport == "nccl":
-            return self._push_nccl(model, version)
+            return self._push_nccl(model, version, restart)
         if self.transport == "upload":
             with tempfile.TemporaryDirectory(prefix="adapter-") as scratch:
                 model.save_pretrained(scratch)
-                return self.client.push_adapter_files(version, Path(scratch))
+                return self.client.push_adapter_files(version, Path(scratch), restart=restart)
         folder = self._save_to_shared_dir(model, version)
         service_path = str(folder)
         if self.settings.service_shared_dir:
@@ -218,7 +239,7 @@ class PolicyPusher:
         push = (
             self.client.push_adapter_path if self.mode == "adapter" else self.client.push_full_path
         )
-        result = push(version, service_path)
+        result = push(version, service_path, restart=restart)
         self._prune(folder.parent)
         return result
 
@@ -244,7 +265,7 @@ class PolicyPusher:
         for stale in versions[: -self.settings.keep_versions]:
             shutil.rmtree(stale, ignore_errors=True)
 
-    def _push_nccl(self, model, version: int) -> PolicyUpdateResult:
+    def _push_nccl(self, model, version: int, restart: bool) -> PolicyUpdateResult:
         """vLLM's native NCCL broadcast, bracketed so no generation runs on half-written weights.
 
         Not runnable here (no GPU): it follows vLLM's documented trainer-side API and needs
@@ -254,7 +275,7 @@ class PolicyPusher:
             raise PolicySyncError("the NCCL path sends full weights: train without LoRA")
         if self._nccl is None:
             self._nccl = _nccl_engine(self.client, model, self.settings)
-        self.client.begin_transfer(version)
+        self.client.begin_transfer(version, restart=restart)
         try:
             self._nccl.send_weights()
         except Exception:
@@ -263,7 +284,7 @@ class PolicyPusher:
         return self.client.commit_transfer(version, succeeded=True)
 
 
-def _nccl_engine(client: PolicyClient, model, settings: PolicySyncSettings):
+def _nccl_engine(client: PolicyClient, model, settings):
     from vllm.distributed.weight_transfer.base import ModuleSource
     from vllm.distributed.weight_transfer.nccl_engine import (
         NCCLTrainerInitInfo,
@@ -292,9 +313,9 @@ def _nccl_engine(client: PolicyClient, model, settings: PolicySyncSettings):
             pass
 
     init_info = NCCLTrainerInitInfo(
-        master_address=settings.nccl_master_address,
-        master_port=settings.nccl_master_port,
-        world_size=settings.nccl_world_size,
+        master_address=settings.nccl.master_address,
+        master_port=settings.nccl.master_port,
+        world_size=settings.nccl.world_size,
         rank=0,
     )
     return NCCLTrainerWeightTransferEngine.trainer_init(
@@ -303,39 +324,55 @@ def _nccl_engine(client: PolicyClient, model, settings: PolicySyncSettings):
 
 
 class PolicySyncCallback(TrainerCallback):
-    """Pushes the policy after every ``every`` optimizer steps (and at the start of a resume)."""
+    """Pushes the policy after every ``every`` optimizer steps, and re-establishes the trainer's
+    version on the service at train begin (see the module docstring)."""
 
-    def __init__(self, pusher: PolicyPusher, *, every: int, max_failures: int) -> None:
+    def __init__(
+        self, pusher: PolicyPusher, *, every: int, max_refusals: int, wait_ready_s: float
+    ) -> None:
         self.pusher = pusher
         self.every = every
-        self.max_failures = max_failures
-        self.failures = 0
-        self.pushed_version = 0
+        self.max_refusals = max_refusals
+        self.wait_ready_s = wait_ready_s
+        self.refusals = 0
+        self.pushed_version: int | None = None
         self.last_result: PolicyUpdateResult | None = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if state.global_step > 0 and state.is_world_process_zero:  # resumed: service has base
-            self._push(model, state.global_step)
+        if not state.is_world_process_zero:
+            return
+        served = self.pusher.client.wait_ready(self.wait_ready_s)
+        if served.version == state.global_step and state.global_step == 0:
+            self.pushed_version = 0  # a fresh service and a fresh trainer: nothing to send
+            return
+        log.info(
+            "trainer at step %d, service at version %d: pushing the trainer's policy (restart)",
+            state.global_step,
+            served.version,
+        )
+        self._push(model, state.global_step, restart=True)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero and state.global_step % self.every == 0:
             self._push(model, state.global_step)
 
-    def _push(self, model, version: int) -> None:
-        if model is None or version <= self.pushed_version:
+    def _push(self, model, version: int, *, restart: bool = False) -> None:
+        if model is None or (
+            not restart and self.pushed_version is not None and version <= self.pushed_version
+        ):
             return
         started = time.perf_counter()
-        try:
-            result = self.pusher.push(model, version)
-        except PolicySyncError as error:
-            self.failures += 1
-            log.error(
-                "policy push of version %d failed (%d in a row): %s", version, self.failures, error
-            )
-            if self.failures >= self.max_failures:
-                raise
-            return
-        self.failures = 0
+        deadline = time.monotonic() + self.wait_ready_s
+        while True:
+            try:
+                result = self.pusher.push(model, version, restart=restart)
+                break
+            except PolicySyncError as error:
+                if error.refused:
+                    self._refused(version, error)
+                    return
+                self._wait_for_service(version, error, deadline)
+        self.refusals = 0
         self.pushed_version = version
         self.last_result = result
         log.info(
@@ -343,19 +380,44 @@ class PolicySyncCallback(TrainerCallback):
             version, result.kind, time.perf_counter() - started, result.seconds,
         )  # fmt: skip
 
+    def _wait_for_service(self, version: int, error: PolicySyncError, deadline: float) -> None:
+        """A push that got no answer waits for the service (back-off) until ``deadline``."""
+        log.warning("policy push of version %d could not get through: %s", version, error)
+        try:
+            if time.monotonic() > deadline:
+                raise error
+            self.pusher.client.wait_ready(max(deadline - time.monotonic(), 0.0))
+        except PolicySyncError as last:
+            raise PolicySyncError(
+                f"policy push of version {version}: the inference service was unreachable for "
+                f"{self.wait_ready_s:.0f} s: {last}"
+            ) from last
 
-def build_callback(inference_cfg, *, trainer=None, backend=None) -> PolicySyncCallback:
-    """The callback for the trainer's ``inference:`` section (``services.trainer.config``)."""
-    del trainer, backend  # the remote backend reads versions from the replies themselves
-    settings = PolicySyncSettings.model_validate(inference_cfg.extra or {})
+    def _refused(self, version: int, error: PolicySyncError) -> None:
+        self.refusals += 1
+        log.error(
+            "policy push of version %d refused (%d in a row): %s", version, self.refusals, error
+        )
+        if self.refusals >= self.max_refusals:
+            raise error
+
+
+def build_callback(config) -> PolicySyncCallback:
+    """The callback for the trainer's ``policy_sync`` section (``PolicySyncConfig``)."""
     api_key = None
-    if settings.api_key_env:
-        api_key = os.environ.get(settings.api_key_env)
+    if config.api_key_env:
+        api_key = os.environ.get(config.api_key_env)
         if not api_key:
-            raise ValueError(f"inference.extra.api_key_env: ${settings.api_key_env} is not set")
-    client = PolicyClient(inference_cfg.base_url, api_key=api_key, timeout_s=settings.timeout_s)
-    shared_dir = Path(inference_cfg.shared_dir) if inference_cfg.shared_dir else None
-    pusher = PolicyPusher(client, mode=inference_cfg.mode, settings=settings, shared_dir=shared_dir)
+            raise ValueError(
+                f"policy_sync.api_key_env: ${config.api_key_env} is not set (the pod needs the "
+                "Secret key that holds the inference API key)"
+            )
+    client = PolicyClient(config.base_url, api_key=api_key, timeout_s=config.timeout_s)
+    shared_dir = Path(config.shared_dir) if config.shared_dir else None
+    pusher = PolicyPusher(client, mode=config.mode, settings=config, shared_dir=shared_dir)
     return PolicySyncCallback(
-        pusher, every=inference_cfg.sync_every_steps, max_failures=settings.max_consecutive_failures
+        pusher,
+        every=config.sync_every_steps,
+        max_refusals=config.max_consecutive_refusals,
+        wait_ready_s=config.wait_ready_s,
     )

@@ -89,6 +89,17 @@ class PromptBuilder:
         self.system = _INSTRUCTIONS + describe(action_subsets)
         self._chat_closing_marker = "\x00ASSISTANT-REPLY\x00"
 
+    @classmethod
+    def from_config(cls, tokenizer, cfg) -> PromptBuilder:
+        """From a ``TrainerConfig`` (``prompt`` section and ``model.prompt_format``)."""
+        return cls(
+            tokenizer,
+            fmt=resolve_format(tokenizer, cfg.model.prompt_format),
+            action_subsets=cfg.prompt.action_subsets,
+            axtree_max_tokens=cfg.prompt.axtree_max_tokens,
+            compact_axtree=cfg.prompt.compact_axtree,
+        )
+
     @property
     def stop(self) -> tuple[str, ...]:
         """Stop strings for generation: the few-shot reply is one line."""

@@ -9,7 +9,9 @@ logprob of every model token.
 
 Infrastructure failures (pod died, pod full, generation server error) never end as reward 0:
 the episode is replayed from its reset on another pod, up to ``max_infra_retries`` times, and
-then dropped; every retry and drop is counted.
+then dropped; every retry and drop is counted. A generation failure is replayed after a back-off
+(a restarting server needs seconds, not three instant retries). A broken task (its page or
+checker failed: TASK_ERROR) is dropped at once: a replay would fail the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Literal
 
 from services.protocol.actions import extract_action
 from services.protocol.env import BrowserResetOptions
-from services.trainer.env_pool import EnvInfraError, EnvPool, NoEndpointsError
+from services.trainer.env_pool import EnvInfraError, EnvPool, NoEndpointsError, TaskFailedError
 from services.trainer.generation.base import (
     Generation,
     GenerationBackend,
@@ -42,6 +44,8 @@ Outcome = Literal["success", "failure", "truncated", "dropped"]
 EMPTY_REPLY_ACTION = "noop()"
 #: Capacity answers ("pod full, go elsewhere") retried per episode at most, beside the replays.
 MAX_CAPACITY_RETRIES = 200
+#: Back-off before replaying an episode whose generation failed: 1, 2, 4 ... s, at most 30 s.
+GENERATION_RETRY_BACKOFF_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,7 @@ class RolloutEngine:
         max_completion_tokens: int = 2048,
         max_infra_retries: int = 3,
         observer: RolloutObserver | None = None,
+        generation_backoff_s: float = GENERATION_RETRY_BACKOFF_S,
     ) -> None:
         self.pool = pool
         self.batcher = batcher
@@ -218,6 +223,7 @@ class RolloutEngine:
         self.max_completion_tokens = max_completion_tokens
         self.max_infra_retries = max_infra_retries
         self.observer = observer or RolloutObserver()
+        self.generation_backoff_s = generation_backoff_s
         eos = prompts.tokenizer.eos_token_id
         self._eos_id: int | None = eos if isinstance(eos, int) else None
 
@@ -238,6 +244,8 @@ class RolloutEngine:
             except NoEndpointsError as exc:
                 self.observer.infra_retry(exc.reason)
                 return self._dropped(request, replays + capacity_retries, str(exc))
+            except TaskFailedError as exc:
+                return self._dropped(request, replays + capacity_retries, f"task_error: {exc}")
             except EnvInfraError as exc:
                 self.observer.infra_retry(exc.reason)
                 if exc.endpoint:
@@ -255,6 +263,7 @@ class RolloutEngine:
                 replays += 1
                 if replays > self.max_infra_retries:
                     return self._dropped(request, replays + capacity_retries, str(exc))
+                await asyncio.sleep(min(self.generation_backoff_s * 2 ** (replays - 1), 30.0))
                 continue
             episode.infra_retries = replays + capacity_retries
             self.observer.episode_done(episode)
@@ -274,7 +283,8 @@ class RolloutEngine:
 
     async def _play_once(self, request: EpisodeRequest, avoid: set[str]) -> Episode:
         max_turns = self.max_turns(request.task)
-        options = BrowserResetOptions(task=request.task, seed=request.seed)
+        # The env ends the episode at the same cap (counted as truncated, not abandoned).
+        options = BrowserResetOptions(task=request.task, seed=request.seed, max_steps=max_turns)
         async with self.pool.session(options, avoid=avoid) as session:
             self.batcher.episode_started()
             try:
@@ -295,7 +305,7 @@ class RolloutEngine:
             action = self._action_of(ep, gen.text)
             obs = await session.step(action)
             ep.turns = turn
-            if obs.done:
+            if obs.done and not obs.truncated:
                 ep.reward = float(obs.reward or 0.0)
                 ep.outcome = "success" if ep.reward > 0 else "failure"
                 break

@@ -7,7 +7,7 @@ import trl.trainer.utils as trl_utils
 from transformers import AutoModelForCausalLM
 from trl.trainer.utils import add_fused_lm_head
 
-from services.trainer.grpo import score_only_completion_tokens_on_cpu
+from services.trainer.trl_compat import score_only_completion_tokens_on_cpu
 
 
 def test_cpu_scoring_patch_keeps_the_logprobs(tiny_chat_model, monkeypatch):

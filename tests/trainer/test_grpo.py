@@ -12,8 +12,9 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.trainer.config import load_config
-from services.trainer.grpo import build_training, run_training, to_trl_batch
+from services.trainer.grpo import build_training, run_training
 from services.trainer.rollout import Episode
+from services.trainer.trl_batch import to_trl_batch
 
 pytestmark = [pytest.mark.chromium, pytest.mark.slow]
 
@@ -26,8 +27,8 @@ def _config(model_dir, out_dir, curriculum="round_robin", **grpo):
             "run": {"output_dir": str(out_dir)},
             "model": {"source": str(model_dir)},
             "tasks": {"train": list(TASKS), "max_turns": 2},
-            "curriculum": {"strategy": curriculum},
-            "env": {"endpoints": ["http://unused:1"], "sessions_per_endpoint": 4},
+            "curriculum": {"type": curriculum},
+            "env": {"discovery": {"endpoints": ["http://unused:1"]}, "sessions_per_endpoint": 4},
             "generation": {"max_new_tokens": 6, "temperature": 1.0, "batch_wait_ms": 200},
             "lora": {"enabled": False},
             "grpo": {
@@ -138,7 +139,7 @@ def test_killing_an_env_pod_mid_rollout_loses_no_training_step(
         model=AutoModelForCausalLM.from_pretrained(tiny_chat_model),
         tokenizer=AutoTokenizer.from_pretrained(tiny_chat_model),
     )
-    batcher = training.rollout.engine.batcher
+    batcher = training.stack.engine.batcher
     real_backend = batcher.backend
     victim = doomed_pods[0]
 
@@ -149,7 +150,7 @@ def test_killing_an_env_pod_mid_rollout_loses_no_training_step(
 
         async def generate(self, prompts, params):
             if not self.killed:
-                assert training.rollout.engine.pool.active_sessions()[victim] > 0
+                assert training.stack.pool.active_sessions()[victim] > 0
                 _kill_pod(victim)
                 self.killed = True
             return await real_backend.generate(prompts, params)

@@ -55,7 +55,7 @@ def test_a_grpo_step_favours_the_rewarded_episode(tiny_base_model, tmp_path, lor
             "run": {"output_dir": str(tmp_path / "run"), "log_episodes": False},
             "model": {"source": str(tiny_base_model)},
             "tasks": {"train": ["click-test"], "max_turns": 2},
-            "env": {"endpoints": ["http://unused:1"]},
+            "env": {"discovery": {"endpoints": ["http://unused:1"]}},
             "lora": {"enabled": lora},
             "grpo": {
                 "max_steps": 1,
@@ -70,11 +70,11 @@ def test_a_grpo_step_favours_the_rewarded_episode(tiny_base_model, tmp_path, lor
     )
     training = build_training(
         cfg,
-        cfg.env.endpoints,
+        cfg.env.discovery.endpoints,
         model=AutoModelForCausalLM.from_pretrained(tiny_base_model),
         tokenizer=tokenizer,
     )
-    training.rollout.play = lambda requests: group  # the step's rollout: the episodes above
+    training.stack.play = lambda requests: group  # the step's rollout: the episodes above
 
     def logp(text: str) -> float:
         ids = torch.tensor([prompt + encode(text)])

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from services.inference.policy import PolicyManager
 from services.inference.routes import router
 from services.inference.validation import tensor_shapes
-from services.trainer.config import InferenceConfig
+from services.trainer.config import PolicySyncConfig
 from services.trainer.policy_sync import PolicySyncError, build_callback
 from tests.inference.fakes import RecordingEngine
 
@@ -41,11 +41,14 @@ def peft_model(base_model):
     return get_peft_model(model, lora)
 
 
-@pytest.fixture
-def service(base_model, tmp_path):
-    """Our update routes on a real loopback HTTP server, with the engine double behind them."""
-    engine = RecordingEngine()
-    manager = PolicyManager(
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _manager(base_model, tmp_path, engine) -> PolicyManager:
+    return PolicyManager(
         engine,
         base_model=str(base_model),
         served_name="policy",
@@ -56,22 +59,34 @@ def service(base_model, tmp_path):
         pause_mode="wait",
         base_shapes=tensor_shapes(base_model),
     )
+
+
+def _serve_on(port: int, base_model, tmp_path, out: dict) -> None:
+    """Our update routes on a real loopback HTTP server, the engine double behind them."""
+    engine = RecordingEngine()
+    manager = _manager(base_model, tmp_path, engine)
     app = FastAPI()
     app.state.policy = manager
     app.include_router(router)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    out.update(server=server, thread=thread, engine=engine, manager=manager)
     thread.start()
     while not server.started:
         time.sleep(0.01)
+
+
+@pytest.fixture
+def service(base_model, tmp_path):
+    """Our update routes on a real loopback HTTP server, with the engine double behind them."""
+    port = _free_port()
+    running: dict = {}
+    _serve_on(port, base_model, tmp_path, running)
     yield SimpleNamespace(
-        url=f"http://127.0.0.1:{sock.getsockname()[1]}", engine=engine, manager=manager
+        url=f"http://127.0.0.1:{port}", engine=running["engine"], manager=running["manager"]
     )
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    running["server"].should_exit = True
+    running["thread"].join(timeout=10)
 
 
 def step(callback, model, global_step: int) -> None:
@@ -81,7 +96,7 @@ def step(callback, model, global_step: int) -> None:
 
 def test_adapter_upload_every_n_steps_tags_versions_with_the_global_step(service, peft_model):
     callback = build_callback(
-        InferenceConfig(enabled=True, base_url=service.url, sync_every_steps=2, mode="adapter")
+        PolicySyncConfig(enabled=True, base_url=service.url, sync_every_steps=2, mode="adapter")
     )
     for global_step in (1, 2, 3, 4):
         step(callback, peft_model, global_step)
@@ -95,8 +110,8 @@ def test_adapter_upload_every_n_steps_tags_versions_with_the_global_step(service
 def test_adapter_through_a_shared_dir_is_pruned_to_the_newest(service, peft_model, tmp_path):
     shared = tmp_path / "shared"
     callback = build_callback(
-        InferenceConfig(enabled=True, base_url=service.url, mode="adapter", shared_dir=shared,
-                        extra={"keep_versions": 2})
+        PolicySyncConfig(enabled=True, base_url=service.url, mode="adapter", shared_dir=shared,
+                         keep_versions=2)
     )  # fmt: skip
     for global_step in (1, 2, 3):
         step(callback, peft_model, global_step)
@@ -107,7 +122,7 @@ def test_adapter_through_a_shared_dir_is_pruned_to_the_newest(service, peft_mode
 
 def test_full_mode_writes_a_merged_checkpoint_the_service_accepts(service, peft_model, tmp_path):
     callback = build_callback(
-        InferenceConfig(enabled=True, base_url=service.url, mode="full", shared_dir=tmp_path / "s")
+        PolicySyncConfig(enabled=True, base_url=service.url, mode="full", shared_dir=tmp_path / "s")
     )
     step(callback, peft_model, 1)
     reload = [call for call in service.engine.calls if call[0] == "reload_weights"]
@@ -119,36 +134,73 @@ def test_full_mode_writes_a_merged_checkpoint_the_service_accepts(service, peft_
 
 def test_refused_pushes_are_logged_then_stop_training(service, peft_model):
     callback = build_callback(
-        InferenceConfig(enabled=True, base_url=service.url, extra={"max_consecutive_failures": 2})
+        PolicySyncConfig(enabled=True, base_url=service.url, max_consecutive_refusals=2)
     )
     service.engine.refuse = "adapter broken"
     step(callback, peft_model, 1)  # first refusal: logged, training goes on
-    assert callback.failures == 1 and service.manager.status().version == 0
+    assert callback.refusals == 1 and service.manager.status().version == 0
     with pytest.raises(PolicySyncError, match="ENGINE_ERROR: vLLM refused the adapter") as error:
         step(callback, peft_model, 2)
     assert error.value.status == 500
 
 
 def test_unreachable_service_is_a_clear_error(peft_model):
+    """Not answering is not refusing: the push waits (up to wait_ready_s), then says why."""
     callback = build_callback(
-        InferenceConfig(
-            enabled=True, base_url="http://127.0.0.1:9", extra={"max_consecutive_failures": 1}
+        PolicySyncConfig(
+            enabled=True, base_url="http://127.0.0.1:9", max_consecutive_refusals=1, wait_ready_s=2
         )
     )
-    with pytest.raises(PolicySyncError, match="ConnectError"):
+    started = time.monotonic()
+    with pytest.raises(PolicySyncError, match="ConnectError") as error:
         step(callback, peft_model, 1)
+    assert "unreachable" in str(error.value) and time.monotonic() - started >= 1.0
+    assert callback.refusals == 0
+
+
+def test_a_push_waits_for_a_service_that_comes_back(base_model, peft_model, tmp_path):
+    """Transport failures are waited out (with back-off), not counted as refusals."""
+    port = _free_port()
+    callback = build_callback(
+        PolicySyncConfig(enabled=True, base_url=f"http://127.0.0.1:{port}", wait_ready_s=60)
+    )
+    late = threading.Timer(2.0, lambda: _serve_on(port, base_model, tmp_path, ready))
+    ready: dict = {}
+    late.start()
+    try:
+        step(callback, peft_model, 1)
+    finally:
+        late.cancel()
+        if "server" in ready:
+            ready["server"].should_exit = True
+    assert callback.pushed_version == 1 and callback.refusals == 0
+    assert ready["manager"].status().version == 1
+
+
+def test_a_resumed_trainer_takes_the_service_back_to_its_own_version(service, peft_model):
+    """The crash-loop of a resume: the service serves version 7 (pushed before the crash), the
+    trainer resumed from checkpoint 5. At train begin it re-pushes 5 with restart; then 6."""
+    ahead = build_callback(PolicySyncConfig(enabled=True, base_url=service.url))
+    step(ahead, peft_model, 7)
+    assert service.manager.status().version == 7
+    resumed = build_callback(PolicySyncConfig(enabled=True, base_url=service.url))
+    state = SimpleNamespace(global_step=5, is_world_process_zero=True)
+    resumed.on_train_begin(args=None, state=state, control=None, model=peft_model)
+    assert service.manager.status().version == 5
+    step(resumed, peft_model, 6)
+    assert service.manager.status().version == 6 and resumed.refusals == 0
 
 
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"mode": "full"}, "needs inference.shared_dir"),
-        ({"mode": "full", "extra": {"transport": "upload"}}, "too big to upload"),
-        ({"mode": "adapter", "extra": {"transport": "nccl"}}, "needs inference.mode 'full'"),
-        ({"extra": {"api_key_env": "NO_SUCH_KEY_VAR"}}, "NO_SUCH_KEY_VAR is not set"),
-        ({"extra": {"surprise": 1}}, "Extra inputs are not permitted"),
+        ({"mode": "full"}, "needs policy_sync.shared_dir"),
+        ({"mode": "full", "transport": "upload"}, "too big to upload"),
+        ({"mode": "adapter", "transport": "nccl"}, "needs policy_sync.mode 'full'"),
+        ({"api_key_env": "NO_SUCH_KEY_VAR"}, "NO_SUCH_KEY_VAR is not set"),
+        ({"surprise": 1}, "Extra inputs are not permitted"),
     ],
 )
 def test_bad_sync_settings_fail_when_the_callback_is_built(fields, message):
     with pytest.raises(ValueError, match=message):
-        build_callback(InferenceConfig(enabled=True, **fields))
+        build_callback(PolicySyncConfig(enabled=True, **fields))

@@ -56,3 +56,10 @@ class GenerationBackend(Protocol):
     ) -> list[Generation]: ...
 
     async def close(self) -> None: ...
+
+
+async def wait_until_ready(backend: GenerationBackend) -> None:
+    """Let a backend that serves from elsewhere (a server starting up) say it can generate."""
+    wait = getattr(backend, "wait_ready", None)
+    if wait is not None:
+        await wait()

@@ -62,6 +62,13 @@ class LocalBackend:
         self._eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
 
+    @classmethod
+    def from_config(cls, config, *, context) -> LocalBackend:
+        """From ``LocalBackendConfig``: samples from ``context.model()``, the live weights."""
+        if context.model is None:
+            raise ValueError("the local generation backend needs the policy model in-process")
+        return cls(context.model, context.tokenizer, policy_version=context.policy_version)
+
     async def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         if not prompts:
             return []

@@ -10,7 +10,9 @@ Prompts of one batch go out as concurrent requests; the server batches them itse
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +21,7 @@ import httpx
 from services.trainer.generation.base import Generation, GenerationError, SamplingParams
 
 POLICY_VERSION_HEADER = "x-policy-version"
+log = logging.getLogger(__name__)
 
 
 class RemoteBackend:
@@ -34,9 +37,11 @@ class RemoteBackend:
         max_concurrency: int = 64,
         policy_version: Callable[[], int] = lambda: 0,
         transport: httpx.AsyncBaseTransport | None = None,
+        wait_ready_s: float = 0.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
+        self.wait_ready_s = wait_ready_s
         self._policy_version = policy_version
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(
@@ -46,19 +51,46 @@ class RemoteBackend:
         self._requests = 0  # completions requested so far: request k samples with seed + k
 
     @classmethod
-    def from_config(cls, cfg, *, policy_version: Callable[[], int] = lambda: 0) -> RemoteBackend:
-        """Build from ``generation.remote`` (``RemoteGenerationConfig``)."""
-        api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-        if cfg.api_key_env and not api_key:
-            raise GenerationError(f"generation.remote.api_key_env: ${cfg.api_key_env} is not set")
+    def from_config(cls, config, *, context) -> RemoteBackend:
+        """From ``RemoteBackendConfig`` (the key itself comes from ``api_key_env``)."""
+        api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        if config.api_key_env and not api_key:
+            raise GenerationError(
+                f"generation.backend.api_key_env: ${config.api_key_env} is not set (the pod "
+                "needs the Secret key that holds the inference API key)"
+            )
         return cls(
-            cfg.base_url,
-            model=cfg.model,
+            config.base_url,
+            model=config.model,
             api_key=api_key,
-            timeout_s=cfg.timeout_s,
-            max_concurrency=cfg.max_concurrency,
-            policy_version=policy_version,
+            timeout_s=config.timeout_s,
+            max_concurrency=config.max_concurrency,
+            policy_version=context.policy_version,
+            wait_ready_s=config.wait_ready_s,
         )
+
+    async def wait_ready(self) -> None:
+        """Wait (with back-off, up to ``wait_ready_s``) until the server lists its models.
+
+        The trainer and the inference server start together on a cluster, and vLLM may need
+        minutes (image pull, model download, engine start): generating before it answers would
+        drop whole rollouts. Raises ``GenerationError`` with the last answer when time is up.
+        """
+        deadline = time.monotonic() + self.wait_ready_s
+        delay, last = 1.0, "no answer yet"
+        while True:
+            try:
+                await self._request("GET", "/v1/models")
+                return
+            except GenerationError as exc:
+                last = str(exc)
+            if time.monotonic() + delay > deadline:
+                raise GenerationError(
+                    f"{self.base_url} not ready after {self.wait_ready_s:.0f} s: {last}"
+                )
+            log.info("waiting for the generation server %s: %s", self.base_url, last)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         if self.model is None:

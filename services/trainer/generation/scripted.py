@@ -36,6 +36,11 @@ class ScriptedBackend:
         self.calls: list[list[list[int]]] = []
         self.outputs: list[Generation] = []
 
+    @classmethod
+    def from_config(cls, config, *, context) -> ScriptedBackend:
+        """From ``ScriptedBackendConfig``: answers in the policy tokenizer's ids."""
+        return cls(context.tokenizer, policy_version=0)
+
     def answer(self, prompt_text: str) -> str:
         if self.replies:
             return self.replies.pop(0)

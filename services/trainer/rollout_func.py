@@ -1,0 +1,107 @@
+"""TRL's ``rollout_func``: each step's task pages played as env episodes on the rollout stack.
+
+TRL hands over the step's prompts already repeated ``num_generations`` times (one dataset row per
+GRPO sample, groups consecutive); the curriculum picks each group's task, the stack plays every
+sample as one episode, and ``trl_batch`` turns the episodes into token ids, logprobs, the env mask
+and the facts the reward sources score.
+
+A rollout in which every episode was dropped (inference server restarting, no env pod reachable)
+is never handed to TRL: that would be an optimizer step on nothing. It is replayed after a
+back-off until ``env.wait_for_endpoint_s`` has passed, then training stops with the reasons.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from services.trainer.config import TrainerConfig
+from services.trainer.curriculum import Curriculum
+from services.trainer.dataset import parse_episode_prompt
+from services.trainer.episode_log import EpisodeLog
+from services.trainer.generation.base import wait_until_ready
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.progress import StepStats
+from services.trainer.rollout import Episode, EpisodeRequest
+from services.trainer.stack import RolloutStack
+from services.trainer.trl_batch import to_trl_batch
+from services.trainer.trl_compat import log_step_metrics
+
+log = logging.getLogger(__name__)
+
+#: First back-off after an all-dropped rollout (doubling, at most 60 s).
+EMPTY_ROLLOUT_BACKOFF_S = 5.0
+
+
+class RolloutStalledError(RuntimeError):
+    """No episode of a step could be played for longer than ``env.wait_for_endpoint_s``."""
+
+
+class BrowserRollout:
+    """TRL ``rollout_func`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        stack: RolloutStack,
+        curriculum: Curriculum,
+        metrics: TrainerMetrics,
+        eos_id: int,
+    ) -> None:
+        self.cfg = cfg
+        self.stack = stack
+        self.curriculum = curriculum
+        self.metrics = metrics
+        self.eos_id = eos_id
+        self.last = StepStats()
+        self.episode_log = (
+            EpisodeLog(cfg.run.output_dir / "episodes.jsonl") if cfg.run.log_episodes else None
+        )
+
+    def __call__(self, prompts: list[Any], trainer) -> dict:
+        step = trainer.state.global_step
+        self.metrics.set_policy_version(step)
+        requests = self.curriculum.assign([parse_episode_prompt(p) for p in prompts])
+        started = time.perf_counter()
+        episodes = self.play_some(requests)
+        seconds = time.perf_counter() - started
+        self.curriculum.record(episodes)
+        self.last = StepStats.of(episodes, seconds)
+        self.metrics.rollout_done(episodes, seconds)
+        self.metrics.curriculum_weights(self.curriculum.weights())
+        log_step_metrics(trainer, self.last.trl_metrics())
+        if self.episode_log is not None:
+            self.episode_log.append(step + 1, episodes)
+        return to_trl_batch(prompts, episodes, self.eos_id, self.cfg.tasks.turns_for)
+
+    def play_some(self, requests: list[EpisodeRequest]) -> list[Episode]:
+        """Play the requests; replay the whole rollout while every episode was dropped."""
+        deadline = time.monotonic() + self.cfg.env.wait_for_endpoint_s
+        delay = EMPTY_ROLLOUT_BACKOFF_S
+        while True:
+            episodes = self.stack.play(requests)
+            if any(not e.dropped for e in episodes):
+                return episodes
+            reasons = sorted({str(e.drop_reason).split(":")[0] for e in episodes})
+            if all(str(e.drop_reason).startswith("task_error") for e in episodes):
+                raise RolloutStalledError(
+                    f"every task of the step is broken on the env pods: {episodes[0].drop_reason}"
+                )
+            if time.monotonic() + delay > deadline:
+                raise RolloutStalledError(
+                    f"no episode could be played for {self.cfg.env.wait_for_endpoint_s:.0f} s "
+                    f"(last drop reasons: {reasons}); no optimizer step was taken"
+                )
+            log.warning(
+                "every episode of the rollout was dropped (%s): no optimizer step on nothing; "
+                "playing it again in %.0f s",
+                reasons,
+                delay,
+            )
+            time.sleep(delay)
+            self.stack.loop.run(wait_until_ready(self.stack.backend))
+            delay = min(delay * 2, 60.0)
+
+    def close(self) -> None:
+        self.stack.close()
