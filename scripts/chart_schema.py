@@ -5,6 +5,8 @@ config.py) under `properties.trainer.properties.config`, so `helm install` refus
 trainer key or a wrong type before any pod starts, with the same field docs. Keys the chart fills
 in itself (`env`) are not required from the values. `make chart-schema` rewrites that part of the
 file; tests/deploy checks it is current (the rest of the schema is written by hand).
+``model.source`` is not required either: the chart sets it from the top-level ``model`` value
+(one value for trainer and vLLM) and refuses a ``trainer.config.model.source``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 SCHEMA = Path(__file__).resolve().parents[1] / "helm" / "browser-rl" / "values.schema.json"
 PREFIX = "trainer."
 # Filled in by templates/_trainer.tpl, so values need not carry them.
-CHART_SUPPLIED = {"env"}
+CHART_SUPPLIED = {"env", "model"}
 
 
 def _rename_refs(node: Any) -> Any:
@@ -47,10 +49,12 @@ def updated_schema(schema: dict[str, Any]) -> dict[str, Any]:
     trainer = _drop_formats(_rename_refs(TrainerConfig.model_json_schema()))
     definitions = trainer.pop("$defs")
     trainer["required"] = [k for k in trainer.get("required", []) if k not in CHART_SUPPLIED]
+    model = definitions["ModelConfig"]
+    model["required"] = [k for k in model.get("required", []) if k != "source"]
     trainer["description"] = (
         "The trainer's config (services/trainer/config.py TrainerConfig); the chart fills in "
-        "env discovery, run.output_dir, model.cache_dir, use_cpu, metrics and, with inference "
-        "enabled, generation.remote and inference."
+        "model.source (from `model`), env discovery, run.output_dir, model.cache_dir, use_cpu, "
+        "metrics and, with inference enabled, generation.backend and policy_sync."
     )
     schema = json.loads(json.dumps(schema))
     schema["$defs"] = {

@@ -4,6 +4,7 @@ renders, and show that bad values are refused. No cluster is involved (none can 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from typing import Any
@@ -25,6 +26,7 @@ from tests.deploy.chartlib import (
     golden_text,
     manifests,
     render,
+    render_set,
     values_for,
 )
 
@@ -35,7 +37,7 @@ OPERATOR_KINDS = {"PodMonitor", "PrometheusRule"}
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, dict[str, str]]:
-    return {value_set: render(values_for(value_set)) for value_set in VALUE_SETS}
+    return {value_set: render_set(value_set) for value_set in VALUE_SETS}
 
 
 def objects(rendered_set: dict[str, str], kind: str | None = None) -> list[dict[str, Any]]:
@@ -101,19 +103,19 @@ def test_trainer_config_map_is_a_valid_trainer_config(rendered, value_set):
     """The ConfigMap the trainer reads passes the trainer's own config validation."""
     config_map = one(rendered[value_set], "ConfigMap", "trainer")
     config = load_config(yaml.safe_load(config_map["data"]["trainer.yaml"]))
-    assert config.env.discovery == "kubernetes"
-    assert config.env.kubernetes_service == f"{RELEASE}-browser-rl-env"
-    assert config.env.kubernetes_namespace == NAMESPACE
+    assert config.env.discovery.type == "kubernetes"
+    assert config.env.discovery.service == f"{RELEASE}-browser-rl-env"
+    assert config.env.discovery.namespace == NAMESPACE
     assert config.metrics.port == 9000
     assert config.checkpoint.resume_from_checkpoint is True  # a restarted pod resumes
     env = pod_spec(one(rendered[value_set], "Deployment", "env"))["containers"][0]["env"]
     subsets = {e["name"]: e.get("value") for e in env}["BROWSERENV_ACTION_SUBSETS"]
     assert json.loads(subsets) == config.prompt.action_subsets  # pods accept what is prompted
     inference = values_for(value_set).get("inference", {}).get("enabled", True)
-    assert config.generation.backend == ("remote" if inference else "local")
-    assert config.inference.enabled == inference
+    assert config.generation.backend.type == ("remote" if inference else "local")
+    assert config.policy_sync.enabled == inference
     if inference:
-        assert config.inference.mode == ("adapter" if config.lora.enabled else "full")
+        assert config.policy_sync.mode == ("adapter" if config.lora.enabled else "full")
 
 
 @pytest.mark.parametrize("value_set", [v for v in VALUE_SETS if v != "cpu"])
@@ -132,7 +134,19 @@ def test_inference_config_map_is_a_valid_inference_config(rendered, value_set):
         yaml.safe_load(one(rendered[value_set], "ConfigMap", "trainer")["data"]["trainer.yaml"])
     )
     assert config.enable_lora == trainer.lora.enabled
-    assert trainer.generation.remote.model == config.served_model_name
+    assert trainer.generation.backend.model == config.served_model_name
+    # One model value for both sides (they exchange token ids): each pod fetches the same
+    # repository at the same revision, and the trainer loads what its init container fetched.
+    assert config.model == "/models/LiquidAI/LFM2-350M"
+    job = pod_spec(one(rendered[value_set], "Job", "trainer"))
+    (fetch,) = [c for c in job["initContainers"] if c["name"] == "fetch-model"]
+    (served,) = [
+        c
+        for c in pod_spec(one(rendered[value_set], "Deployment", "inference"))["initContainers"]
+        if c["name"] == "fetch-model"
+    ]
+    assert fetch["args"][1:] == [trainer.model.source, *served["args"][2:]]
+    assert fetch["args"][2:4] == ["LiquidAI/LFM2-350M", "main"]
     deployment = one(rendered[value_set], "Deployment", "inference")
     assert pod_spec(deployment)["containers"][0]["args"] == [
         "--config",
@@ -241,13 +255,11 @@ NCCL_VALUES = {
 
 
 def policy_sync(rendered_set: dict[str, str]):
-    """The trainer's `inference:` section and its `extra`, validated by the policy-sync code."""
-    from services.trainer.policy_sync import PolicySyncSettings
-
+    """The trainer's `policy_sync` section (twice, as the callers compare fields of both)."""
     config = load_config(
         yaml.safe_load(one(rendered_set, "ConfigMap", "trainer")["data"]["trainer.yaml"])
     )
-    return config.inference, PolicySyncSettings.model_validate(config.inference.extra)
+    return config.policy_sync, config.policy_sync
 
 
 def test_weight_transfer_wiring_per_mode(rendered):
@@ -279,11 +291,10 @@ def test_weight_transfer_wiring_per_mode(rendered):
     assert (sync.mode, settings.transport) == ("full", "nccl")
     service = one(nccl, "Service", "trainer")
     assert service["spec"]["clusterIP"] == "None"
-    assert settings.nccl_master_address == f"{service['metadata']['name']}.{NAMESPACE}.svc"
-    assert service["spec"]["ports"][0]["port"] == settings.nccl_master_port
-    assert not [
-        m for m in objects(rendered["lora"], "Service") if "trainer" in m["metadata"]["name"]
-    ]
+    assert settings.nccl.master_address == f"{service['metadata']['name']}.{NAMESPACE}.svc"
+    assert service["spec"]["ports"][0]["port"] == settings.nccl.master_port
+    lora_trainer = one(rendered["lora"], "Service", "trainer")  # /metrics only: no NCCL port
+    assert [p["name"] for p in lora_trainer["spec"]["ports"]] == ["metrics"]
     for value_set in ("default", "full", "lora"):
         ports = one(rendered[value_set], "Service", "inference")["spec"]["ports"]
         assert [p["name"] for p in ports] == ["http"]
@@ -300,21 +311,59 @@ def test_changing_trainer_config_replaces_the_job_and_scaling_env_does_not():
     assert job_name({"trainer": {"config": {"grpo": {"max_steps": 7}}}}) != base
 
 
+def _secret_refs(rendered_set, kind, component, containers="containers"):
+    refs = {}
+    for container in pod_spec(one(rendered_set, kind, component)).get(containers, []):
+        for e in container.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                refs[e["name"]] = ref
+    return refs
+
+
 def test_secret_is_created_or_referenced_and_wired_into_pods():
-    created = render({"secrets": {"create": True, "hfToken": "hf_x"}})
+    created = render({"secrets": {"hfToken": {"value": "hf_x"}}})
     secret = one(created, "Secret", "secrets")
-    assert secret["stringData"] == {"HF_TOKEN": "hf_x"}
-    existing = render({"secrets": {"existingSecret": "my-tokens"}})
+    assert base64.b64decode(secret["data"]["HF_TOKEN"]) == b"hf_x"
+    assert len(base64.b64decode(secret["data"]["VLLM_API_KEY"])) == 48  # generated
+    existing = render(
+        {"secrets": {"hfToken": {"existingSecret": "my-tokens"},
+                     "apiKey": {"existingSecret": "my-tokens"}}}
+    )  # fmt: skip
     assert not objects(existing, "Secret")
-    env = pod_spec(one(existing, "Job", "trainer"))["containers"][0]["env"]
-    refs = {
-        e["name"]: e["valueFrom"].get("secretKeyRef", {}).get("name")
-        for e in env
-        if "valueFrom" in e
-    }
-    assert refs["HF_TOKEN"] == refs["VLLM_API_KEY"] == "my-tokens"
+    hub = _secret_refs(existing, "Job", "trainer", "initContainers")["HF_TOKEN"]
+    api = _secret_refs(existing, "Job", "trainer")["VLLM_API_KEY"]
+    assert hub["name"] == api["name"] == "my-tokens"
+    assert hub["optional"] is True and "optional" not in api  # a missing key stops the pod
     config_map = one(existing, "ConfigMap", "trainer")
     assert "api_key_env: VLLM_API_KEY" in config_map["data"]["trainer.yaml"]
+
+
+def test_a_secret_holding_only_a_hub_token_starts_every_pod():
+    """The chart review's B3: a Secret with HF_TOKEN only used to switch the API key on and
+    crash vLLM and the trainer. Now each has its own switch: the key comes from the chart's
+    generated Secret (or is off), the hub token from the user's."""
+    rendered_set = render({"secrets": {"hfToken": {"existingSecret": "hub-only"}}})
+    for kind, component in (("Job", "trainer"), ("Deployment", "inference")):
+        fetch = _secret_refs(rendered_set, kind, component, "initContainers")
+        assert fetch["HF_TOKEN"] == {"name": "hub-only", "key": "HF_TOKEN", "optional": True}
+        main = _secret_refs(rendered_set, kind, component)
+        assert main["VLLM_API_KEY"]["name"] == f"{RELEASE}-browser-rl-secrets"
+    assert set(one(rendered_set, "Secret", "secrets")["data"]) == {"VLLM_API_KEY"}
+
+    no_key = render(
+        {"secrets": {"hfToken": {"existingSecret": "hub-only"}, "apiKey": {"enabled": False}}}
+    )
+    assert not objects(no_key, "Secret")
+    assert "VLLM_API_KEY" not in _secret_refs(no_key, "Job", "trainer")
+    trainer = load_config(
+        yaml.safe_load(one(no_key, "ConfigMap", "trainer")["data"]["trainer.yaml"])
+    )
+    inference = InferenceConfig.from_mapping(
+        yaml.safe_load(one(no_key, "ConfigMap", "inference")["data"]["inference.yaml"]), env={}
+    )
+    assert trainer.policy_sync.api_key_env is None and inference.api_key_env is None
+    assert trainer.generation.backend.api_key_env is None
 
 
 BAD_VALUES = [
@@ -337,6 +386,13 @@ BAD_VALUES = [
     ({"monitoring": {"podMonitors": {"interval": "soon"}}}, "/monitoring/podMonitors/interval"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ({"secrets": {"create": True}}, "/secrets"),
+    ({"trainer": {"runtimeClass": "nvidia"}}, "additional properties 'runtimeClass'"),
+    ({"inference": {"podAnnotations": {"a": 1}}}, "/inference/podAnnotations/a"),
+    ({"trainer": {"gpuResource": "gpu"}}, "/trainer/gpuResource"),
+    ({"monitoring": {"podMonitors": {"enabled": "sometimes"}}}, "/monitoring/podMonitors/enabled"),
+    ({"model": {"source": ""}}, "/model/source"),
+    ({"policyVolume": {"enabled": True}}, "/policyVolume/storageClassName"),
+    ({"inference": {"model": "x/y"}}, "additional properties 'model'"),
     ({"envv": {}}, "additional properties 'envv'"),
     ({"env": {"replica": 3}}, "additional properties 'replica'"),
 ]
@@ -360,6 +416,7 @@ def test_bad_values_are_refused_naming_the_key(values, where):
         ({"inference": {"lora": {"enabled": False}}}, "needs inference.lora.enabled"),
         ({"inference": {"weightTransfer": {"mode": "nccl"}}}, "mode nccl carries full weights"),
         ({"inference": {"maxModelLen": 1024}}, "maxModelLen must hold"),
+        ({"trainer": {"config": {"model": {"source": "x/y"}}}}, "set the model with model.source"),
     ],
 )
 def test_inconsistent_values_fail_the_render_with_a_reason(values, message):
@@ -368,33 +425,213 @@ def test_inconsistent_values_fail_the_render_with_a_reason(values, message):
     assert message in str(refused.value)
 
 
-def test_inference_init_container_fetches_the_hub_model_only_when_missing(rendered, tmp_path):
-    """The init container's script, run for real on a cache that already holds the model: it
-    must not touch the network (that path is the only one runnable offline)."""
+def test_fetch_model_init_containers_skip_a_complete_download(rendered, tmp_path):
+    """The init containers' script, run for real on a cache that holds a complete download (its
+    marker written last): it must not touch the network (the only path runnable offline). A
+    cache holding files but no marker (an interrupted download) is not taken for complete."""
     import subprocess
     import sys
 
-    deployment = one(rendered["default"], "Deployment", "inference")
-    (init,) = pod_spec(deployment)["initContainers"]
-    script, target, repo = init["args"]
-    config = InferenceConfig.from_mapping(
-        yaml.safe_load(
-            one(rendered["default"], "ConfigMap", "inference")["data"]["inference.yaml"]
-        ),
-        env={},
+    for kind, component in (("Deployment", "inference"), ("Job", "trainer")):
+        spec = pod_spec(one(rendered["default"], kind, component))
+        (init,) = [c for c in spec["initContainers"] if c["name"] == "fetch-model"]
+        script, _target, repo, revision, patterns = init["args"]
+        assert (repo, revision) == ("LiquidAI/LFM2-350M", "main")
+        cached = tmp_path / component / repo
+        cached.mkdir(parents=True)
+        (cached / "config.json").write_text("{}")
+        offline = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+
+        def fetch(
+            folder=cached,
+            script=script,
+            repo=repo,
+            revision=revision,
+            patterns=patterns,
+            offline=offline,
+        ):
+            return subprocess.run(
+                [sys.executable, "-c", script, str(folder), repo, revision, patterns],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=offline,
+            )
+
+        partial = fetch()
+        assert partial.returncode != 0  # no marker: it asks the hub (unreachable here) again
+        assert not (cached / ".browser-rl-download").exists()
+        request = {"repo": repo, "revision": revision, "patterns": json.loads(patterns)}
+        marker = {"request": request, "commit": "0123abc"}
+        (cached / ".browser-rl-download").write_text(json.dumps(marker))
+        done = fetch()
+        assert done.returncode == 0, done.stderr
+        assert "model ready" in done.stdout
+    local = render({"model": {"source": "/models/my-policy"}})
+    for kind, component in (("Deployment", "inference"), ("Job", "trainer")):
+        assert "initContainers" not in pod_spec(one(local, kind, component))
+
+
+def test_without_the_prometheus_operator_no_operator_objects_are_rendered():
+    """kind/minikube (values-cpu.yaml) and any cluster without kube-prometheus-stack: an install
+    must not fail on PodMonitor/PrometheusRule; `enabled: true` still forces them."""
+    for values in ({}, values_for("cpu")):
+        bare = render(values, api_versions=())
+        assert not [m for m in manifests(bare) if m["kind"] in OPERATOR_KINDS]
+        assert "No PodMonitors were rendered" in next(
+            text for path, text in bare.items() if path.endswith("NOTES.txt")
+        )
+    forced = render(
+        {"monitoring": {"podMonitors": {"enabled": True}, "prometheusRule": {"enabled": True}}},
+        api_versions=(),
     )
-    assert target == config.model == f"/models/{repo}"
-    cached = tmp_path / "models" / repo
-    cached.mkdir(parents=True)
-    (cached / "config.json").write_text("{}")
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(cached), repo],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    assert {m["kind"] for m in manifests(forced)} >= OPERATOR_KINDS
+    off = render({"monitoring": {"podMonitors": {"enabled": False}}})
+    assert not objects(off, "PodMonitor") and objects(off, "PrometheusRule")
+
+
+def test_monitoring_defaults_work_with_kube_prometheus_stack(rendered):
+    """Its default podMonitorSelector/ruleSelector match `release: <its release>`, and its
+    Prometheus pod is labelled app.kubernetes.io/name=prometheus in its own namespace."""
+    for monitor in objects(rendered["default"], "PodMonitor"):
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rule = one(rendered["default"], "PrometheusRule", "alerts")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    policy = one(rendered["default"], "NetworkPolicy", "env")
+    prometheus = policy["spec"]["ingress"][1]["from"][0]
+    assert prometheus["namespaceSelector"] == {}  # any namespace
+    assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+
+
+def test_tainted_gpu_pools_get_tolerations_runtime_class_and_the_rest_of_the_pod_surface():
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    gpu_pod = {
+        "tolerations": [toleration],
+        "runtimeClassName": "nvidia",
+        "priorityClassName": "training",
+        "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+        "podAnnotations": {"team": "rl"},
+        "podLabels": {"cost-center": "research"},
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+             "whenUnsatisfiable": "ScheduleAnyway"}
+        ],
+        "extraVolumes": [{"name": "datasets", "persistentVolumeClaim": {"claimName": "ds"}}],
+        "extraVolumeMounts": [{"name": "datasets", "mountPath": "/datasets"}],
+        "gpuResource": "nvidia.com/mig-3g.40gb",
+    }  # fmt: skip
+    rendered_set = render({"trainer": gpu_pod, "inference": gpu_pod})
+    for kind, component in (("Job", "trainer"), ("Deployment", "inference")):
+        workload = one(rendered_set, kind, component)
+        spec = pod_spec(workload)
+        assert spec["tolerations"] == [toleration]
+        assert (spec["runtimeClassName"], spec["priorityClassName"]) == ("nvidia", "training")
+        assert spec["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+        metadata = workload["spec"]["template"]["metadata"]
+        assert metadata["annotations"]["team"] == "rl"
+        assert metadata["labels"]["cost-center"] == "research"
+        assert {"name": "datasets", "persistentVolumeClaim": {"claimName": "ds"}} in spec["volumes"]
+        container = spec["containers"][0]
+        assert {"name": "datasets", "mountPath": "/datasets"} in container["volumeMounts"]
+        assert container["resources"]["limits"]["nvidia.com/mig-3g.40gb"] == 1
+        assert "nvidia.com/gpu" not in container["resources"]["limits"]
+        kube_validate.validate(workload, KUBE_VERSION, strict=True)
+
+
+def test_values_full_needs_an_rwx_class_and_prepares_the_volume_for_the_pods_user():
+    bare = helm.values_from_yaml((CHART / "values-full.yaml").read_text())
+    with pytest.raises(helm.HelmValuesError) as refused:
+        render(bare)
+    assert "/policyVolume/storageClassName" in str(refused.value)
+    with_class = {**bare, "policyVolume": {**bare["policyVolume"], "storageClassName": "efs"}}
+    rendered_set = render(with_class)
+    claim = one(rendered_set, "PersistentVolumeClaim", "policy")
+    assert (claim["spec"]["storageClassName"], claim["spec"]["accessModes"]) == (
+        "efs",
+        ["ReadWriteMany"],
     )
-    assert result.returncode == 0, result.stderr
-    assert "model ready" in result.stdout
-    local = render({"inference": {"model": "/models/my-policy"}})
-    assert "initContainers" not in pod_spec(one(local, "Deployment", "inference"))
+    for kind, component in (("Job", "trainer"), ("Deployment", "inference")):
+        spec = pod_spec(one(rendered_set, kind, component))
+        (prepare,) = [c for c in spec["initContainers"] if c["name"] == "prepare-policy-volume"]
+        assert "chown 10001:10001 /policy/updates /policy/inference" in prepare["args"][0]
+        assert prepare["securityContext"]["capabilities"]["add"] == [
+            "CHOWN",
+            "FOWNER",
+            "DAC_OVERRIDE",
+        ]
+        assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    existing = render({**bare, "policyVolume": {**bare["policyVolume"], "existingClaim": "nfs"}})
+    assert not objects(existing, "PersistentVolumeClaim")[2:]  # only checkpoints and models
+    # Helm's null removes values.yaml's per-task caps of the click tasks from book-flight.
+    trainer = load_config(
+        yaml.safe_load(one(rendered_set, "ConfigMap", "trainer")["data"]["trainer.yaml"])
+    )
+    assert trainer.tasks.max_turns_per_task == {}
+
+
+def test_a_chart_version_bump_leaves_the_running_trainer_job_alone(tmp_path):
+    """The pod templates carry no chart version: `helm upgrade` to a new chart version with the
+    same values must not replace the trainer Job (it would restart the run) or roll vLLM."""
+    import shutil
+
+    bumped = tmp_path / "browser-rl"
+    shutil.copytree(CHART, bumped)
+    chart = yaml.safe_load((bumped / "Chart.yaml").read_text())
+    chart["version"] = "0.2.0"
+    (bumped / "Chart.yaml").write_text(yaml.safe_dump(chart))
+    with helm.Chart.load(bumped) as new_chart:
+        new = new_chart.render({}, name=RELEASE, namespace=NAMESPACE, is_upgrade=True)
+    old = render({}, api_versions=())
+    assert (
+        one(new, "Job", "trainer")["metadata"]["name"]
+        == one(old, "Job", "trainer")["metadata"]["name"]
+    )
+    assert one(new, "Job", "trainer")["metadata"]["labels"]["helm.sh/chart"] == "browser-rl-0.2.0"
+    for component in ("inference", "env"):
+        assert (
+            one(new, "Deployment", component)["spec"]["template"]
+            == one(old, "Deployment", component)["spec"]["template"]
+        )
+    assert (
+        one(render({"trainer": {"attempt": 1}}), "Job", "trainer")["metadata"]["name"]
+        != (one(old, "Job", "trainer")["metadata"]["name"])
+    )
+
+
+def test_trainer_job_survives_evictions_and_stops_on_a_config_error(rendered):
+    job = one(rendered["default"], "Job", "trainer")
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2]},
+    }
+    assert rules[1]["action"] == "Ignore"
+    assert rules[1]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+    spec = pod_spec(job)
+    assert spec["restartPolicy"] == "Never" and spec["terminationGracePeriodSeconds"] >= 600
+    template = job["spec"]["template"]["metadata"]["annotations"]
+    assert template["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+
+
+def test_env_readiness_does_not_turn_a_busy_pod_unready(rendered):
+    probe = pod_spec(one(rendered["default"], "Deployment", "env"))["containers"][0]
+    assert probe["readinessProbe"]["httpGet"]["path"] == "/ready"  # draining or broken only
+
+
+def test_helm_test_pod_reaches_every_component_through_the_network_policies(rendered):
+    (test_pod,) = [m for m in objects(rendered["default"], "Pod")]
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    labels = test_pod["metadata"]["labels"]
+    for component in ("env", "inference", "trainer"):
+        policy = one(rendered["default"], "NetworkPolicy", component)
+        selectors = [
+            source["podSelector"]["matchLabels"]
+            for rule in policy["spec"]["ingress"]
+            for source in rule["from"]
+            if "podSelector" in source and "namespaceSelector" not in source
+        ]
+        assert any(s.items() <= labels.items() for s in selectors), component
+    args = test_pod["spec"]["containers"][0]["args"]
+    assert args[1] == f"http://{RELEASE}-browser-rl-env.{NAMESPACE}.svc:8000"
+    assert args[3] == f"http://{RELEASE}-browser-rl-trainer.{NAMESPACE}.svc:9000"
+    kube_validate.validate(test_pod, KUBE_VERSION, strict=True)

@@ -18,7 +18,7 @@ import kmock
 import pytest
 from kubernetes.aio import client
 
-from services.env.oracle import solve
+from services.env.families.miniwob.oracle import solve
 from services.protocol.env import BrowserResetOptions
 from services.trainer.env_pool import EnvInfraError, EnvPool
 from services.trainer.k8s_discovery import EndpointSliceDiscovery, ready_urls

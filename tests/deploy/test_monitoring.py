@@ -30,8 +30,8 @@ from prometheus_client import REGISTRY
 
 from scripts import grafana_dashboard
 from scripts.local_stack import NAMESPACE, alert_rules, query, run_prometheus
-from services.env.client import EnvClient, EnvRequestError
-from services.env.oracle import solve
+from services.env.client import BrowserEnvClient, EnvRequestError
+from services.env.families.miniwob.oracle import solve
 from tests.deploy.chartlib import manifests, render, values_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,7 +110,7 @@ def env_pod(env_pods):
 
 async def play_click_test(url: str, seed: int, max_turns: int = 5) -> float:
     """The scripted policy; it clicks again when a loaded machine timed the click out."""
-    async with EnvClient(url) as env:
+    async with BrowserEnvClient(url) as env:
         observation = await env.reset(task="click-test", seed=seed)
         for _turn in range(max_turns):
             for action in solve(observation):
@@ -121,7 +121,7 @@ async def play_click_test(url: str, seed: int, max_turns: int = 5) -> float:
 
 
 async def provoke_error(url: str) -> None:
-    async with EnvClient(url) as env:
+    async with BrowserEnvClient(url) as env:
         with pytest.raises(EnvRequestError):
             await env.reset(task="no-such-task")
 
@@ -182,8 +182,69 @@ ALERT_CASES = [
         True,
         {},
     ),
-    ("TrainerStalled", [series("trainer_global_step", "7x40")], "30m", True, NS_LABEL),
-    ("TrainerStalled", [series("trainer_global_step", "0+1x40")], "30m", False, NS_LABEL),
+    (
+        "BrowserEnvEpisodeErrorRate",  # turn-capped episodes end truncated: not an error
+        [
+            series("browserenv_episodes_total", "0+10x30", task="click-test", outcome="success"),
+            series("browserenv_episodes_total", "0+20x30", task="click-test", outcome="truncated"),
+            series("browserenv_episodes_total", "0+0x30", task="click-test", outcome="abandoned"),
+        ],
+        "25m",
+        False,
+        {},
+    ),
+    (
+        "TrainerStalled",  # training, and no step for 30 minutes
+        [series("trainer_global_step", "7x40"), series("trainer_training", "1x40")],
+        "30m",
+        True,
+        NS_LABEL,
+    ),
+    (
+        "TrainerStalled",
+        [series("trainer_global_step", "0+1x40"), series("trainer_training", "1x40")],
+        "30m",
+        False,
+        NS_LABEL,
+    ),
+    (
+        "TrainerStalled",  # the final evaluation: no steps, but not training either
+        [series("trainer_global_step", "7x40"), series("trainer_training", "1x5 0x35")],
+        "30m",
+        False,
+        NS_LABEL,
+    ),
+    (
+        "TrainerStalled",  # loading the model, then a first step slower than the threshold
+        [series("trainer_global_step", "0x40"), series("trainer_training", "0x10 1x30")],
+        "20m",
+        False,
+        NS_LABEL,
+    ),
+    (
+        "TrainerDown",  # an active trainer Job, nothing scraped
+        [series("kube_job_status_active", "1x30", job_name="rl-browser-rl-trainer-0a1b2c3d")],
+        "25m",
+        True,
+        {},
+    ),
+    (
+        "TrainerDown",  # the Job completed: silence, not an alert forever
+        [series("kube_job_status_active", "0x30", job_name="rl-browser-rl-trainer-0a1b2c3d")],
+        "25m",
+        False,
+        {},
+    ),
+    (
+        "TrainerDown",  # running and scraped
+        [
+            series("kube_job_status_active", "1x30", job_name="rl-browser-rl-trainer-0a1b2c3d"),
+            series("trainer_global_step", "0+1x30"),
+        ],
+        "25m",
+        False,
+        {},
+    ),
     (
         "TrainerRewardCollapse",
         [series("trainer_reward_mean", "0.8x60 0.1x60", task="click-test")],

@@ -1,8 +1,10 @@
 {{/* The inference service's config file (services/inference/config.py InferenceConfig). */}}
 {{- define "browser-rl.inferenceConfig" -}}
 {{- $v := .Values.inference -}}
+{{- $args := $v.extraArgs -}}
+{{- if gt (int $v.gpus) 1 }}{{ $args = concat (list "--tensor-parallel-size" (toString $v.gpus)) $args }}{{ end -}}
 {{- $config := dict
-    "model" (include "browser-rl.inferenceModelPath" .)
+    "model" (include "browser-rl.modelPath" (dict "root" . "under" "/models"))
     "served_model_name" $v.servedModelName
     "host" "0.0.0.0"
     "port" (int $v.port)
@@ -16,19 +18,9 @@
     "max_loras" (int $v.lora.maxLoras)
     "max_cpu_loras" (max 4 (int $v.lora.maxLoras))
     "update_dir" (ternary "/policy/inference" "/tmp/updates" .Values.policyVolume.enabled)
-    "extra_vllm_args" $v.extraArgs
+    "extra_vllm_args" $args
 -}}
 {{- if eq $v.weightTransfer.mode "nccl" }}{{ $_ := set $config "weight_transfer_backend" "nccl" }}{{ end -}}
-{{- if include "browser-rl.secretsEnabled" . }}{{ $_ := set $config "api_key_env" "VLLM_API_KEY" }}{{ end -}}
+{{- if .Values.secrets.apiKey.enabled }}{{ $_ := set $config "api_key_env" "VLLM_API_KEY" }}{{ end -}}
 {{- toYaml $config }}
-{{- end -}}
-
-{{/* Where the served model lives in the pod: a path as given, or /models/<hub id> (fetched by
-the init container). */}}
-{{- define "browser-rl.inferenceModelPath" -}}
-{{- if hasPrefix "/" .Values.inference.model -}}
-{{- .Values.inference.model -}}
-{{- else -}}
-{{- printf "/models/%s" .Values.inference.model -}}
-{{- end -}}
 {{- end -}}

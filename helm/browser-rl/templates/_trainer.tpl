@@ -1,59 +1,68 @@
 {{/* The trainer's config file: values' trainer.config with what the chart knows filled in. */}}
 {{- define "browser-rl.trainerConfig" -}}
 {{- $v := .Values -}}
+{{- $user := $v.trainer.config -}}
+{{- if (default dict $user.model).source }}
+{{- fail "set the model with model.source (one value for trainer and vLLM), not trainer.config.model.source" }}
+{{- end }}
 {{- $lora := true -}}
-{{- with $v.trainer.config.lora }}{{ if hasKey . "enabled" }}{{ $lora = .enabled }}{{ end }}{{ end -}}
+{{- with $user.lora }}{{ if hasKey . "enabled" }}{{ $lora = .enabled }}{{ end }}{{ end -}}
+{{- $apiKey := $v.secrets.apiKey.enabled -}}
 {{- $overlay := dict
     "run" (dict "output_dir" "/checkpoints/run")
-    "model" (dict "cache_dir" "/checkpoints/model-cache")
+    "model" (dict
+        "source" (include "browser-rl.modelPath" (dict "root" . "under" "/checkpoints/models"))
+        "cache_dir" "/checkpoints/model-cache")
     "use_cpu" (eq (int $v.trainer.gpus) 0)
     "metrics" (dict "port" (int $v.trainer.metricsPort) "host" "0.0.0.0")
     "env" (dict
-        "discovery" "kubernetes"
-        "kubernetes_service" (include "browser-rl.componentName" (dict "root" . "component" "env"))
-        "kubernetes_namespace" .Release.Namespace
+        "discovery" (dict
+            "type" "kubernetes"
+            "service" (include "browser-rl.componentName" (dict "root" . "component" "env"))
+            "namespace" .Release.Namespace)
+        "local" (dict "pods" 0)
         "sessions_per_endpoint" (int $v.env.maxSessions))
 -}}
 {{- if and $v.inference.enabled $lora (not $v.inference.lora.enabled) }}
 {{- fail "trainer.config.lora.enabled needs inference.lora.enabled (the adapter is served by vLLM)" }}
 {{- end }}
-{{- if and $v.inference.enabled $lora (gt (int (default 8 (default dict $v.trainer.config.lora).r)) (int $v.inference.lora.maxRank)) }}
+{{- if and $v.inference.enabled $lora (gt (int (default 8 (default dict $user.lora).r)) (int $v.inference.lora.maxRank)) }}
 {{- fail "trainer.config.lora.r exceeds inference.lora.maxRank: vLLM would refuse the adapter" }}
 {{- end }}
 {{- $transfer := $v.inference.weightTransfer.mode -}}
 {{- if and $v.inference.enabled $lora (eq $transfer "nccl") }}
 {{- fail "inference.weightTransfer.mode nccl carries full weights: set trainer.config.lora.enabled false" }}
 {{- end }}
-{{- $prompt := default dict $v.trainer.config.prompt -}}
-{{- $generation := default dict $v.trainer.config.generation -}}
+{{- $prompt := default dict $user.prompt -}}
+{{- $generation := default dict $user.generation -}}
 {{- if and $v.inference.enabled (hasKey $prompt "max_prompt_tokens") (hasKey $generation "max_new_tokens") }}
 {{- if lt (int $v.inference.maxModelLen) (add (int $prompt.max_prompt_tokens) (int $generation.max_new_tokens)) }}
 {{- fail "inference.maxModelLen must hold trainer.config.prompt.max_prompt_tokens + generation.max_new_tokens" }}
 {{- end }}
 {{- end }}
 {{- if $v.inference.enabled }}
-{{- $remote := dict "base_url" (include "browser-rl.inferenceURL" .) "model" $v.inference.servedModelName -}}
-{{- $extra := dict -}}
-{{- if include "browser-rl.secretsEnabled" . }}
-{{- $_ := set $remote "api_key_env" "VLLM_API_KEY" -}}
-{{- $_ := set $extra "api_key_env" "VLLM_API_KEY" -}}
+{{- $url := include "browser-rl.inferenceURL" . -}}
+{{- $backend := dict "type" "remote" "base_url" $url "model" $v.inference.servedModelName -}}
+{{- $sync := dict "enabled" true "base_url" $url "mode" (ternary "adapter" "full" $lora) -}}
+{{- if $apiKey }}
+{{- $_ := set $backend "api_key_env" "VLLM_API_KEY" -}}
+{{- $_ := set $sync "api_key_env" "VLLM_API_KEY" -}}
 {{- end }}
-{{- $_ := set $overlay "generation" (dict "backend" "remote" "remote" $remote) -}}
-{{- $sync := dict "enabled" true "base_url" (include "browser-rl.inferenceURL" .) "mode" (ternary "adapter" "full" $lora) -}}
 {{- if eq $transfer "sharedVolume" }}
 {{- $_ := set $sync "shared_dir" "/policy/updates" -}}
-{{- $_ := set $extra "transport" "shared_dir" -}}
+{{- $_ := set $sync "transport" "shared_dir" -}}
 {{- else if eq $transfer "nccl" }}
-{{- $_ := set $extra "transport" "nccl" -}}
-{{- $_ := set $extra "nccl_master_address" (printf "%s.%s.svc" (include "browser-rl.componentName" (dict "root" . "component" "trainer")) .Release.Namespace) -}}
-{{- $_ := set $extra "nccl_master_port" (int $v.inference.weightTransfer.ncclPort) -}}
+{{- $_ := set $sync "transport" "nccl" -}}
+{{- $_ := set $sync "nccl" (dict
+    "master_address" (printf "%s.%s.svc" (include "browser-rl.componentName" (dict "root" . "component" "trainer")) .Release.Namespace)
+    "master_port" (int $v.inference.weightTransfer.ncclPort)) -}}
 {{- else }}
-{{- $_ := set $extra "transport" "upload" -}}
+{{- $_ := set $sync "transport" "upload" -}}
 {{- end }}
-{{- $_ := set $sync "extra" $extra -}}
-{{- $_ := set $overlay "inference" $sync -}}
+{{- $_ := set $overlay "generation" (dict "backend" $backend) -}}
+{{- $_ := set $overlay "policy_sync" $sync -}}
 {{- end }}
-{{- $config := mergeOverwrite (deepCopy $v.trainer.config) $overlay -}}
+{{- $config := mergeOverwrite (deepCopy $user) $overlay -}}
 {{- /* A restarted trainer pod resumes from its newest checkpoint unless the values say otherwise. */ -}}
 {{- $checkpoint := default dict $config.checkpoint -}}
 {{- if not (hasKey $checkpoint "resume_from_checkpoint") }}{{ $_ := set $checkpoint "resume_from_checkpoint" true }}{{ end -}}
@@ -63,22 +72,41 @@
 
 {{/* The trainer's pod template; the Job's name carries its hash so a changed template replaces the Job. */}}
 {{- define "browser-rl.trainerPod" -}}
-{{- $c := dict "root" . "component" "trainer" -}}
+{{- $c := dict "root" . "component" "trainer" "values" .Values.trainer "client" true -}}
 {{- $v := .Values.trainer -}}
+{{- $hub := eq (include "browser-rl.modelKind" .) "hub" -}}
+{{- $prepare := and .Values.policyVolume.enabled .Values.policyVolume.prepareOwnership -}}
 metadata:
   labels:
-    {{- include "browser-rl.labels" $c | nindent 4 }}
+    {{- include "browser-rl.podLabels" $c | trim | nindent 4 }}
   annotations:
-    checksum/config: {{ include "browser-rl.trainerConfig" . | sha256sum }}
+    {{- with (include "browser-rl.podAnnotations" (dict "checksum" (include "browser-rl.trainerConfig" . | sha256sum) "values" $v) | trim) }}{{ . | nindent 4 }}{{- end }}
+    # A bumped trainer.attempt starts a new Job (the name hashes this template).
+    browser-rl.io/attempt: {{ $v.attempt | quote }}
+    # The cluster autoscaler must not remove the node mid-step; a node drain SIGTERMs the
+    # trainer, which finishes the step and saves a checkpoint first.
+    cluster-autoscaler.kubernetes.io/safe-to-evict: "false"
 spec:
   serviceAccountName: {{ include "browser-rl.componentName" $c }}
   automountServiceAccountToken: true
   enableServiceLinks: false
-  restartPolicy: OnFailure
+  # Never: a failed pod is replaced (resuming from its checkpoint) under the Job's
+  # podFailurePolicy, so evictions do not use up backoffLimit.
+  restartPolicy: Never
+  terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
   securityContext:
     {{- include "browser-rl.podSecurityContext" . | nindent 4 }}
   {{- with (include "browser-rl.imagePullSecrets" .) }}{{ . | nindent 2 }}{{- end }}
   {{- with (include "browser-rl.scheduling" $v) }}{{ . | nindent 2 }}{{- end }}
+  {{- if or $hub $prepare }}
+  initContainers:
+    {{- if $prepare }}
+    {{- include "browser-rl.preparePolicyVolume" (dict "root" . "image" $v.image) | nindent 4 }}
+    {{- end }}
+    {{- if $hub }}
+    {{- include "browser-rl.fetchModelContainer" (dict "root" . "image" $v.image "under" "/checkpoints/models" "volume" "checkpoints" "mount" "/checkpoints") | nindent 4 }}
+    {{- end }}
+  {{- end }}
   containers:
     - name: trainer
       image: {{ include "browser-rl.image" (dict "root" . "image" $v.image) }}
@@ -89,17 +117,12 @@ spec:
           value: /tmp/home
         - name: HF_HOME
           value: /checkpoints/hf
+        - name: HF_HUB_OFFLINE
+          value: "1"
         - name: POD_NAMESPACE
           valueFrom:
             fieldRef: {fieldPath: metadata.namespace}
-        {{- if include "browser-rl.secretsEnabled" . }}
-        - name: HF_TOKEN
-          valueFrom:
-            secretKeyRef: {name: {{ include "browser-rl.secretName" . }}, key: HF_TOKEN, optional: true}
-        - name: VLLM_API_KEY
-          valueFrom:
-            secretKeyRef: {name: {{ include "browser-rl.secretName" . }}, key: VLLM_API_KEY, optional: true}
-        {{- end }}
+        {{- with (include "browser-rl.secretEnv" (dict "root" . "hf" false "api" .Values.inference.enabled) | trim) }}{{ . | nindent 8 }}{{- end }}
         {{- with $v.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -123,7 +146,7 @@ spec:
         timeoutSeconds: 10
         failureThreshold: 6
       resources:
-        {{- include "browser-rl.resourcesWithGPUs" (dict "resources" $v.resources "gpus" $v.gpus) | nindent 8 }}
+        {{- include "browser-rl.resourcesWithGPUs" (dict "resources" $v.resources "gpus" $v.gpus "name" $v.gpuResource) | nindent 8 }}
       securityContext:
         {{- include "browser-rl.containerSecurityContext" . | nindent 8 }}
       volumeMounts:
@@ -133,6 +156,9 @@ spec:
         - {name: dshm, mountPath: /dev/shm}
         {{- if .Values.policyVolume.enabled }}
         - {name: policy, mountPath: /policy}
+        {{- end }}
+        {{- with $v.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
         {{- end }}
   volumes:
     - name: config
@@ -146,20 +172,23 @@ spec:
     - name: dshm
       emptyDir:
         medium: Memory
-        sizeLimit: 2Gi
+        sizeLimit: {{ $v.shmSize }}
     {{- if .Values.policyVolume.enabled }}
     - name: policy
       persistentVolumeClaim:
         claimName: {{ include "browser-rl.policyClaim" . }}
     {{- end }}
+    {{- with $v.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end -}}
 
-{{/* resources with nvidia.com/gpu added to requests and limits when gpus > 0. */}}
+{{/* resources with the GPU resource (trainer.gpuResource, ...) added to requests and limits when gpus > 0. */}}
 {{- define "browser-rl.resourcesWithGPUs" -}}
 {{- $r := deepCopy .resources -}}
 {{- if gt (int .gpus) 0 -}}
-{{- $_ := set $r "limits" (merge (dict "nvidia.com/gpu" (int .gpus)) (default dict $r.limits)) -}}
-{{- $_ := set $r "requests" (merge (dict "nvidia.com/gpu" (int .gpus)) (default dict $r.requests)) -}}
+{{- $_ := set $r "limits" (merge (dict .name (int .gpus)) (default dict $r.limits)) -}}
+{{- $_ := set $r "requests" (merge (dict .name (int .gpus)) (default dict $r.requests)) -}}
 {{- end -}}
 {{- toYaml $r -}}
 {{- end -}}
