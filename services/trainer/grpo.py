@@ -248,14 +248,31 @@ def build_training(
     )
 
 
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` whose save finished: TRL writes ``trainer_state.json`` after
+    the weights and optimizer, so a save cut off by a kill (a node lost mid-save) has none and
+    is skipped instead of crashing the resume."""
+    found = sorted(
+        (int(p.name.removeprefix("checkpoint-")), p)
+        for p in output_dir.glob("checkpoint-*")
+        if p.name.removeprefix("checkpoint-").isdigit()
+    )
+    for _step, folder in reversed(found):
+        try:
+            checkpoint_step(folder)
+        except (OSError, ValueError, KeyError):
+            log.warning("skipping %s: its save did not finish (no trainer_state.json)", folder)
+            continue
+        return str(folder)
+    return None
+
+
 def resume_target(cfg: TrainerConfig) -> str | None:
     """``checkpoint.resume_from_checkpoint`` checked up front (True: newest in output_dir)."""
     target = cfg.checkpoint.resume_from_checkpoint
     if target is True:
-        from transformers.trainer_utils import get_last_checkpoint
-
         out = cfg.run.output_dir
-        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        last = last_complete_checkpoint(out) if out.is_dir() else None
         if last is None:
             log.warning("resume_from_checkpoint: no checkpoint in %s yet, starting fresh", out)
         return last

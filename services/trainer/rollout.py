@@ -11,7 +11,9 @@ Infrastructure failures (pod died, pod full, generation server error) never end 
 the episode is replayed from its reset on another pod, up to ``max_infra_retries`` times, and
 then dropped; every retry and drop is counted. A generation failure is replayed after a back-off
 (a restarting server needs seconds, not three instant retries). A broken task (its page or
-checker failed: TASK_ERROR) is dropped at once: a replay would fail the same way.
+checker failed: TASK_ERROR) is dropped at once: a replay would fail the same way. A request the
+generation server refuses as such (HTTP 4xx: a prompt longer than its context) stops the rollout
+with the server's reason instead of being replayed forever.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from services.trainer.generation.base import (
     Generation,
     GenerationBackend,
     GenerationError,
+    GenerationRequestError,
     SamplingParams,
 )
 from services.trainer.prompts import PromptBuilder
@@ -258,6 +261,8 @@ class RolloutEngine:
                     return self._dropped(request, replays + capacity_retries, str(exc))
                 log.info("replaying %s seed %s after: %s", request.task, request.seed, exc)
                 continue
+            except GenerationRequestError:
+                raise  # the server refused the request itself: a replay cannot succeed
             except GenerationError as exc:
                 self.observer.infra_retry("generation")
                 replays += 1

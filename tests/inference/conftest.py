@@ -29,20 +29,21 @@ def gemma() -> Path:
     return resolve_model("pypi:gemma3-270m")
 
 
-def serve(model: Path, update_dir: Path, **overrides):
-    """Context manager: a real vLLM server on a free loopback port, float32 for HF parity."""
+def serve(model: Path, update_dir: Path, port: int = 0, **overrides):
+    """Context manager: a real vLLM server on loopback (``port`` 0: a free one), float32 for HF
+    parity."""
     from services.inference.local import start_local_inference
 
+    settings = {"max_model_len": 512, "max_lora_rank": 8, **overrides}
     config = InferenceConfig(
         model=str(model),
         dtype="float32",
-        max_model_len=512,
-        max_lora_rank=8,
         cpu_kvcache_space_gib=1,
         update_dir=str(update_dir),
-        **overrides,
+        **settings,
     )
-    return start_local_inference(config, log_file=update_dir / "server.log")
+    update_dir.mkdir(parents=True, exist_ok=True)
+    return start_local_inference(config, log_file=update_dir / "server.log", port=port)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,11 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-from services.trainer.generation.base import GenerationError, SamplingParams
+from services.trainer.generation.base import (
+    GenerationError,
+    GenerationRequestError,
+    SamplingParams,
+)
 from services.trainer.generation.remote import RemoteBackend
 
 
@@ -22,6 +26,8 @@ class FakeOpenAI:
         self.requests: list[dict] = []
 
     async def models(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization", "Bearer ok") != "Bearer ok":
+            return web.json_response({"error": {"message": "Unauthorized"}}, status=401)
         return web.json_response({"object": "list", "data": [{"id": "policy", "object": "model"}]})
 
     async def completions(self, request: web.Request) -> web.Response:
@@ -29,6 +35,9 @@ class FakeOpenAI:
         self.requests.append(body)
         if self.mode == "error":
             return web.json_response({"error": {"message": "engine dead"}}, status=500)
+        if self.mode == "too_long":
+            message = "maximum context length is 512 tokens, your prompt contains 922"
+            return web.json_response({"error": {"message": message}}, status=400)
         ids = [i + 1 for i in body["prompt"][-3:]]
         logprobs = [-0.1 * (k + 1) for k in range(len(ids))]
         choice = {"index": 0, "text": "click('13')", "finish_reason": "stop"}
@@ -128,3 +137,37 @@ async def test_unreachable_server_is_a_generation_error():
             await backend.generate([[1]], PARAMS)
     finally:
         await backend.close()
+
+
+async def test_a_request_the_server_refuses_is_not_an_infrastructure_failure(fake_server):
+    """HTTP 4xx (a prompt longer than the server's context, a wrong key) would fail again on any
+    replay: it is a GenerationRequestError, which the rollout engine does not replay."""
+    fake, url = fake_server
+    fake.mode = "too_long"
+    backend = RemoteBackend(url, model="policy")
+    try:
+        with pytest.raises(GenerationRequestError, match="maximum context length"):
+            await backend.generate([[1, 2, 3]], PARAMS)
+    finally:
+        await backend.close()
+    wrong_key = RemoteBackend(url, api_key="nope", wait_ready_s=300)
+    try:
+        with pytest.raises(GenerationRequestError, match="401"):
+            await wrong_key.wait_ready()  # at once, not after 300 s of waiting
+    finally:
+        await wrong_key.close()
+
+
+async def test_waiting_for_a_server_that_is_not_up_yet(fake_server):
+    _fake, url = fake_server
+    backend = RemoteBackend(url, wait_ready_s=5)
+    try:
+        await backend.wait_ready()  # up: returns at once
+    finally:
+        await backend.close()
+    down = RemoteBackend("http://127.0.0.1:9", wait_ready_s=2)
+    try:
+        with pytest.raises(GenerationError, match="not ready after 2 s"):
+            await down.wait_ready()
+    finally:
+        await down.close()

@@ -47,6 +47,11 @@ class GenerationError(RuntimeError):
     """The backend could not generate (server down, bad reply); an infrastructure failure."""
 
 
+class GenerationRequestError(GenerationError):
+    """The server refused the request itself (HTTP 4xx: a prompt longer than its context, an
+    unknown model name): replaying it cannot succeed, so training stops with the reason."""
+
+
 @runtime_checkable
 class GenerationBackend(Protocol):
     """Batched generation; ``generate`` returns one ``Generation`` per prompt, in order."""

@@ -18,7 +18,15 @@ from typing import Any
 
 import httpx
 
-from services.trainer.generation.base import Generation, GenerationError, SamplingParams
+from services.trainer.generation.base import (
+    Generation,
+    GenerationError,
+    GenerationRequestError,
+    SamplingParams,
+)
+
+#: 4xx answers that are about load or timing, not about the request: worth replaying.
+_TRANSIENT_STATUS = {408, 409, 425, 429}
 
 POLICY_VERSION_HEADER = "x-policy-version"
 log = logging.getLogger(__name__)
@@ -82,6 +90,8 @@ class RemoteBackend:
             try:
                 await self._request("GET", "/v1/models")
                 return
+            except GenerationRequestError:
+                raise  # it answers, and says no (a wrong API key): waiting will not help
             except GenerationError as exc:
                 last = str(exc)
             if time.monotonic() + delay > deadline:
@@ -138,7 +148,13 @@ class RemoteBackend:
         except httpx.HTTPError as exc:
             raise GenerationError(f"{method} {self.base_url}{path}: {exc!r}") from exc
         if response.status_code != 200:
-            raise GenerationError(
+            error = (
+                GenerationRequestError
+                if 400 <= response.status_code < 500
+                and response.status_code not in _TRANSIENT_STATUS
+                else GenerationError
+            )
+            raise error(
                 f"{method} {self.base_url}{path}: HTTP {response.status_code}: "
                 f"{response.text[:500]}"
             )
