@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: help setup test lint proto run
+.PHONY: help setup test test-unit lint proto run
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ proto: setup ## regenerate the wire contract in proto/ and the published task li
 
 test: setup ## run the test suite (real Chromium, tiny random models)
 	$(PY) -m pytest -q -ra
+
+test-unit: setup ## the fast lane: no Chromium, no model conversion, no vLLM (~40 s on 2 cores)
+	$(PY) -m pytest -q -ra -m "not chromium and not slow and not vllm"
 
 # --- env ---
 .PHONY: bench-env

@@ -113,3 +113,34 @@ async def test_turn_cap_ends_an_episode_as_truncated(env_pods, chat_tokenizer, s
     engine = _engine(env_pods, chat_tokenizer, backend, max_turns=2)
     (ep,) = await engine.run([EpisodeRequest("click-test", seed=3)])
     assert ep.outcome == "truncated" and ep.reward == 0.0 and ep.turns == 2
+
+
+async def test_a_refused_generation_request_stops_instead_of_replaying(env_pods, chat_tokenizer):
+    """HTTP 4xx (a prompt longer than the server's context) fails the same way on every replay:
+    the engine raises it instead of replaying the episode (and dropping whole rollouts)."""
+    from services.trainer.generation.base import GenerationError, GenerationRequestError
+
+    class Refuses:
+        calls = 0
+
+        async def generate(self, prompts, params):
+            Refuses.calls += 1
+            raise GenerationRequestError("HTTP 400: maximum context length is 512 tokens")
+
+        async def close(self):
+            return None
+
+    engine = _engine(env_pods, chat_tokenizer, Refuses(), generation_backoff_s=0.01)
+    with pytest.raises(GenerationRequestError, match="maximum context length"):
+        await engine.play(EpisodeRequest("click-test", seed=1))
+    assert Refuses.calls == 1
+
+    class Flaky(Refuses):
+        async def generate(self, prompts, params):
+            Refuses.calls += 1
+            raise GenerationError("connection refused")
+
+    Refuses.calls = 0
+    engine = _engine(env_pods, chat_tokenizer, Flaky(), generation_backoff_s=0.01)
+    episode = await engine.play(EpisodeRequest("click-test", seed=1))
+    assert episode.dropped and Refuses.calls == engine.max_infra_retries + 1

@@ -1,0 +1,66 @@
+"""Prompt compaction and truncation as tables: what of a page the policy gets to read."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from services.protocol.env import BrowserObservation
+from services.trainer.prompts import PromptBuilder, compact
+
+TREE = """RootWebArea 'Click Test Task', focused, url='file:///x/click-test.html'
+\t[13] button 'Click Me!'
+\t\tInlineTextBox 'Click'
+\t\tInlineTextBox 'Me!'
+\t[14] textbox '' value='a'"""
+
+COMPACTED_TREE = (
+    "RootWebArea 'Click Test Task', focused\n\t[13] button 'Click Me!'\n\t[14] textbox ''"
+)
+COMPACTED = [
+    # (tree, compacted)
+    (TREE, COMPACTED_TREE + " value='a'"),
+    ("\t[5] link 'Home'", "\t[5] link 'Home'"),  # nothing to drop
+    ("\t\tInlineTextBox 'only'", ""),
+    ("RootWebArea 'x', url='http://a/b?c=1'", "RootWebArea 'x'"),
+    # A value that merely mentions a URL or the word InlineTextBox stays.
+    ("\t[7] StaticText 'see InlineTextBox docs'", "\t[7] StaticText 'see InlineTextBox docs'"),
+]
+
+
+@pytest.mark.parametrize(("tree", "expected"), COMPACTED)
+def test_compaction_drops_what_costs_tokens_and_tells_nothing(tree, expected):
+    assert compact(tree) == expected
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_base_model):
+    return AutoTokenizer.from_pretrained(tiny_base_model)
+
+
+def builder(tokenizer, budget: int, compact_axtree: bool = True) -> PromptBuilder:
+    return PromptBuilder(
+        tokenizer, fmt="fewshot", axtree_max_tokens=budget, compact_axtree=compact_axtree
+    )
+
+
+@pytest.mark.parametrize("budget", [16, 40, 120])
+def test_a_long_page_is_cut_to_its_token_budget_and_says_so(tokenizer, budget):
+    page = "\n".join(f"\t[{i}] button 'Option number {i}'" for i in range(200))
+    cut = builder(tokenizer, budget).truncate_axtree(page)
+    body, marker = cut.rsplit("\n", 1)
+    assert marker == "... (page truncated)"
+    assert len(tokenizer.encode(body, add_special_tokens=False)) <= budget + 1
+    assert page.startswith(body.rstrip())  # the start of the page, not a summary
+
+
+def test_a_page_within_budget_is_kept_whole(tokenizer):
+    assert builder(tokenizer, 10_000).truncate_axtree(TREE) == compact(TREE)
+    assert builder(tokenizer, 10_000, compact_axtree=False).truncate_axtree(TREE) == TREE
+
+
+def test_the_goal_is_never_cut_only_the_page(tokenizer):
+    goal = "Enter the name " + "very " * 50 + "long and press Greet."
+    obs = BrowserObservation(goal=goal, axtree_txt="\n".join(f"\t[{i}] x" for i in range(500)))
+    text = tokenizer.decode(builder(tokenizer, 16).first_prompt(obs, max_turns=3))
+    assert f"Task: {goal}" in text and "... (page truncated)" in text
