@@ -54,10 +54,13 @@ test-unit: setup ## the fast lane: no Chromium, no model conversion, no vLLM (~4
 	$(PY) -m pytest -q -ra -m "not chromium and not slow and not vllm"
 
 # --- env ---
-.PHONY: bench-env
+.PHONY: bench-env bench-action-timeouts
 
 bench-env: setup ## env pod vs upstream design: episodes/s, reset/step p50/p95 at 1-8 sessions (runs/bench_env.json)
 	$(PY) scripts/bench_env.py --out runs/bench_env.json
+
+bench-action-timeouts: setup ## valid actions that time out under CPU load: BrowserGym's 500 ms vs the pod's timeout
+	$(PY) scripts/bench_action_timeouts.py --out runs/bench/action_timeouts.json
 
 # --- deploy ---
 .PHONY: chart-test chart-golden chart-schema dashboards docker-lint up bench-discovery

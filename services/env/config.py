@@ -19,7 +19,8 @@ from services.protocol.actions import DEFAULT_SUBSETS, allowed_actions
 
 ENV_PREFIX = "BROWSERENV_"
 
-#: Chromium flags for containers and this machine (REFERENCE §1). ``--no-sandbox`` is added only
+#: Chromium flags for containers and offline machines (background networking would try hosts that
+#: a closed network refuses). ``--no-sandbox`` is added only
 #: when running as root, where Chromium's sandbox cannot start.
 DEFAULT_CHROMIUM_ARGS = (
     "--disable-dev-shm-usage",

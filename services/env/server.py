@@ -50,6 +50,7 @@ from services.protocol.env import (
     BrowserResetOptions,
     BrowserState,
     EnvErrorCode,
+    succeeded,
 )
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,7 @@ class EnvService:
             self.metrics.errors.labels(kind="action").inc()
         if observation.done:
             outcome = "truncated" if observation.truncated else None
-            outcome = outcome or ("success" if (observation.reward or 0) > 0 else "failure")
+            outcome = outcome or ("success" if succeeded(observation.reward) else "failure")
             self._end_episode(session, outcome)
         return _observation(observation)
 

@@ -1,7 +1,7 @@
 """Check an adapter or checkpoint against the served model BEFORE vLLM sees it.
 
 vLLM refuses some bad adapters itself, but a full in-place reload that fails half-way leaves mixed
-weights behind (REFERENCE §7), so every update is checked here first: names, shapes, ranks, files.
+weights behind, so every update is checked here first: names, shapes, ranks, files.
 Only safetensors headers are read (no tensor data), so checks cost milliseconds.
 """
 

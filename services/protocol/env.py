@@ -103,6 +103,12 @@ class BrowserObservation(Observation):
     )
 
 
+def succeeded(reward: float | None) -> bool:
+    """Whether a finished episode solved its task: the task's reward is positive. The one rule
+    for the env's metrics, the trainer's outcomes and every evaluation."""
+    return (reward or 0.0) > 0
+
+
 class BrowserState(State):
     """Episode state returned by a WebSocket ``state`` message."""
 

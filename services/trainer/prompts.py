@@ -9,7 +9,8 @@ Two formats:
 - ``chat``: the tokenizer's chat template (instruction models, e.g. LFM2-350M).
 - ``fewshot``: plain "Task:/Page:/Action:" text with three worked examples, for base models
   without a chat template (Gemma-3-270M base writes the right click-test action 15/16 times at
-  temperature 0.7 this way, 0/16 zero-shot: REFERENCE §4). The reply ends at the newline.
+  temperature 0.7 this way, 0/16 zero-shot; BENCHMARKS.md has the base model study). The reply
+  ends at the newline.
 """
 
 from __future__ import annotations

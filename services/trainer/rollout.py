@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from services.protocol.actions import extract_action
-from services.protocol.env import BrowserResetOptions
+from services.protocol.env import BrowserResetOptions, succeeded
 from services.trainer.env_pool import EnvInfraError, EnvPool, NoEndpointsError, TaskFailedError
 from services.trainer.generation.base import (
     Generation,
@@ -312,7 +312,7 @@ class RolloutEngine:
             ep.turns = turn
             if obs.done and not obs.truncated:
                 ep.reward = float(obs.reward or 0.0)
-                ep.outcome = "success" if ep.reward > 0 else "failure"
+                ep.outcome = "success" if succeeded(ep.reward) else "failure"
                 break
             if turn == max_turns:
                 ep.outcome = "truncated"

@@ -340,7 +340,7 @@ def test_secret_is_created_or_referenced_and_wired_into_pods():
 
 
 def test_a_secret_holding_only_a_hub_token_starts_every_pod():
-    """The chart review's B3: a Secret with HF_TOKEN only used to switch the API key on and
+    """A Secret with only HF_TOKEN used to switch the API key on and
     crash vLLM and the trainer. Now each has its own switch: the key comes from the chart's
     generated Secret (or is off), the hub token from the user's."""
     rendered_set = render({"secrets": {"hfToken": {"existingSecret": "hub-only"}}})

@@ -41,3 +41,23 @@ def tiny_base_model(tmp_path_factory):
 @pytest.fixture
 def scripted_backend():
     return ScriptedBackend
+
+
+def train(cfg, model_dir, discovery):
+    """Build and run a GRPO training of the model in ``model_dir`` (closed after); (training,
+    final policy folder). ``discovery``: env pod URLs or a Discovery."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from services.trainer.grpo import build_training, run_training
+
+    training = build_training(
+        cfg,
+        discovery,
+        model=AutoModelForCausalLM.from_pretrained(model_dir),
+        tokenizer=AutoTokenizer.from_pretrained(model_dir),
+    )
+    try:
+        final = run_training(training, cfg)
+    finally:
+        training.close()
+    return training, final

@@ -15,6 +15,7 @@ from services.trainer.config import load_config
 from services.trainer.grpo import build_training, run_training
 from services.trainer.rollout import Episode
 from services.trainer.trl_batch import to_trl_batch
+from tests.trainer.conftest import train
 
 pytestmark = [pytest.mark.chromium, pytest.mark.slow]
 
@@ -48,25 +49,11 @@ def _metric(training, name, **labels) -> float:
     return training.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def _train(cfg, model_dir, endpoints):
-    training = build_training(
-        cfg,
-        endpoints,
-        model=AutoModelForCausalLM.from_pretrained(model_dir),
-        tokenizer=AutoTokenizer.from_pretrained(model_dir),
-    )
-    try:
-        final = run_training(training, cfg)
-    finally:
-        training.close()
-    return training, final
-
-
 def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
     env_pods, tiny_chat_model, tmp_path
 ):
     cfg = _config(tiny_chat_model, tmp_path / "run", curriculum="learnability")
-    training, final = _train(cfg, tiny_chat_model, env_pods)
+    training, final = train(cfg, tiny_chat_model, env_pods)
 
     assert training.trainer.state.global_step == 2
     assert (final / "model.safetensors").is_file()
@@ -101,7 +88,7 @@ def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
             "checkpoint": resumed_cfg.checkpoint.model_copy(update={"resume_from_checkpoint": True})
         }
     )
-    resumed, _ = _train(resumed_cfg, tiny_chat_model, env_pods)
+    resumed, _ = train(resumed_cfg, tiny_chat_model, env_pods)
     assert resumed.trainer.state.global_step == 3
     assert len(resumed.progress.lines) == 1 and resumed.progress.lines[0].startswith("step 3/3")
 

@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.trainer.config import ConfigError, load_config
 from services.trainer.envs import env_pods
 from services.trainer.evaluation.run import compare
-from services.trainer.grpo import build_training, run_training
 from services.trainer.loading import PolicySpec
+from tests.trainer.conftest import train
 
 pytestmark = [pytest.mark.chromium, pytest.mark.slow]
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "pages"
@@ -54,16 +53,7 @@ def page_config(model: Path, out: Path, **changes) -> dict:
 def test_a_grpo_step_and_an_evaluation_run_on_your_own_pages(tiny_chat_model, tmp_path):
     cfg = load_config(page_config(tiny_chat_model, tmp_path / "run"))
     with env_pods(cfg) as pods:
-        training = build_training(
-            cfg,
-            pods.discovery(),
-            model=AutoModelForCausalLM.from_pretrained(tiny_chat_model),
-            tokenizer=AutoTokenizer.from_pretrained(tiny_chat_model),
-        )
-        try:
-            final = run_training(training, cfg)
-        finally:
-            training.close()
+        training, final = train(cfg, tiny_chat_model, pods.discovery())
         assert training.trainer.state.global_step == 1
         assert training.rollout.last.episodes == 4 and training.rollout.last.dropped == 0
         records = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").open()]

@@ -1,8 +1,8 @@
 """The remote generation backend against a tiny fake OpenAI-compatible server (protocol only).
 
-The real vLLM service is tested by the inference owner; this checks that the client speaks the
-OpenAI ``/v1/completions`` protocol with token-id prompts, reads token ids and logprobs in both
-forms servers use, and fails clearly (as an infrastructure error) otherwise.
+The real vLLM service is tested in tests/inference (make test-vllm); this checks that the client
+speaks the OpenAI ``/v1/completions`` protocol with token-id prompts, reads token ids and logprobs
+in both forms servers use, and fails clearly (as an infrastructure error) otherwise.
 """
 
 from __future__ import annotations
