@@ -3,40 +3,42 @@
 ``build_training`` loads the policy (unless given), builds the generation backend, the rollout
 stack, the curriculum and the reward sources from the config, and hands TRL a ``rollout_func``
 (``rollout_func.py``) and ``reward_funcs`` + ``reward_weights`` (``rewards.py``). Callbacks add the
-step line (``progress.py``), the curriculum's checkpointed state and, when configured, the policy
-push to the inference service (``policy_sync.py``). ``run_training`` resumes if configured,
-trains, and saves ``final/``.
+step line (``progress.py``), the curriculum's checkpointed state and the graceful SIGTERM
+(``restarts.py``) and, when configured, the policy push to the inference service
+(``policy_sync.py``). ``run_training`` resumes if configured, trains, and saves ``final/``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import ProgressCallback, TrainerCallback
+from transformers import ProgressCallback
 
 from services.trainer.config import TrainerConfig
-from services.trainer.curriculum import Curriculum, build_curriculum
+from services.trainer.curriculum import build_curriculum
 from services.trainer.dataset import build_dataset
 from services.trainer.discovery import Discovery, StaticDiscovery
 from services.trainer.generation import BackendContext, build_backend
 from services.trainer.loading import load_for_training
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.progress import StepLine
+from services.trainer.restarts import (
+    CurriculumCheckpoint,
+    GracefulStop,
+    checkpoint_step,
+    resume_target,
+)
 from services.trainer.rewards import build_rewards
 from services.trainer.rollout_func import BrowserRollout
 from services.trainer.stack import RolloutStack
 from services.trainer.trl_compat import score_only_completion_tokens_on_cpu
 
 log = logging.getLogger(__name__)
-CURRICULUM_STATE = "curriculum.json"
 
 
 def grpo_args(cfg: TrainerConfig):
@@ -102,56 +104,6 @@ def lora_config(cfg: TrainerConfig):
         target_modules=cfg.lora.target_modules,
         task_type="CAUSAL_LM",
     )
-
-
-class GracefulStop(TrainerCallback):
-    """SIGTERM during training (a node drain, a deleted pod) finishes the running step, saves a
-    checkpoint and stops, so the replacement resumes from it; a second SIGTERM, or one outside
-    training, exits at once. ``install`` (main thread only) sets the signal handler."""
-
-    def __init__(self) -> None:
-        self.training = False
-        self.requested = False
-
-    def install(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-
-    def _on_sigterm(self, *_) -> None:
-        if not self.training or self.requested:
-            sys.exit(128 + signal.SIGTERM)
-        self.requested = True
-        log.warning("SIGTERM: finishing this step, saving a checkpoint, then stopping")
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.training = True
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
-            control.should_save = True
-            control.should_training_stop = True
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.training = False
-
-
-class CurriculumCheckpoint(TrainerCallback):
-    """Saves the curriculum's state into every checkpoint folder; a resume restores it."""
-
-    def __init__(self, curriculum: Curriculum) -> None:
-        self.curriculum = curriculum
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and folder.is_dir():
-            (folder / CURRICULUM_STATE).write_text(json.dumps(self.curriculum.state_dict()))
-
-    def restore(self, checkpoint: str | os.PathLike[str]) -> bool:
-        path = Path(checkpoint) / CURRICULUM_STATE
-        if not path.is_file():
-            return False
-        self.curriculum.load_state_dict(json.loads(path.read_text()))
-        log.info("curriculum state restored from %s: %s", path, self.curriculum.weights())
-        return True
 
 
 @dataclass
@@ -248,60 +200,19 @@ def build_training(
     )
 
 
-def last_complete_checkpoint(output_dir: Path) -> str | None:
-    """The newest ``checkpoint-N`` whose save finished: TRL writes ``trainer_state.json`` after
-    the weights and optimizer, so a save cut off by a kill (a node lost mid-save) has none and
-    is skipped instead of crashing the resume."""
-    found = sorted(
-        (int(p.name.removeprefix("checkpoint-")), p)
-        for p in output_dir.glob("checkpoint-*")
-        if p.name.removeprefix("checkpoint-").isdigit()
-    )
-    for _step, folder in reversed(found):
-        try:
-            checkpoint_step(folder)
-        except (OSError, ValueError, KeyError):
-            log.warning("skipping %s: its save did not finish (no trainer_state.json)", folder)
-            continue
-        return str(folder)
-    return None
-
-
-def resume_target(cfg: TrainerConfig) -> str | None:
-    """``checkpoint.resume_from_checkpoint`` checked up front (True: newest in output_dir)."""
-    target = cfg.checkpoint.resume_from_checkpoint
-    if target is True:
-        out = cfg.run.output_dir
-        last = last_complete_checkpoint(out) if out.is_dir() else None
-        if last is None:
-            log.warning("resume_from_checkpoint: no checkpoint in %s yet, starting fresh", out)
-        return last
-    if isinstance(target, str) and not Path(target).is_dir():
-        raise FileNotFoundError(f"checkpoint.resume_from_checkpoint: {target} is not a folder")
-    return target or None
-
-
-def checkpoint_step(checkpoint: str | os.PathLike[str]) -> int:
-    """The optimizer step a checkpoint folder was saved at (TRL's ``trainer_state.json``)."""
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-    return int(state["global_step"])
-
-
 def run_training(training: Training, cfg: TrainerConfig) -> Path | None:
     """Train to ``max_steps`` (resuming if configured); save the final policy; its folder.
 
     None when a SIGTERM stopped training early (its checkpoint is saved; no ``final/``)."""
     target = resume_target(cfg)
+    step = checkpoint_step(target) if target is not None else 0
     if target is not None:
-        step = checkpoint_step(target)
         training.curriculum_checkpoint.restore(target)
-        episode_log = training.rollout.episode_log
-        if episode_log is not None and (gone := episode_log.rewind(step)):
-            log.info("episodes.jsonl: dropped %d records of steps after %d (replayed)", gone, step)
-    else:
-        episode_log = training.rollout.episode_log
-        if episode_log is not None:
-            episode_log.rewind(0)  # a fresh run in an old folder starts a fresh log
+    # A resumed run replays the steps after its checkpoint; a fresh one in an old folder starts
+    # a fresh log: either way each step's episodes appear once.
+    episode_log = training.rollout.episode_log
+    if episode_log is not None and (gone := episode_log.rewind(step)):
+        log.info("episodes.jsonl: dropped %d records of steps after %d", gone, step)
     training.trainer.train(resume_from_checkpoint=target)
     if training.graceful_stop.requested:
         return None

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from services.trainer.config import ConfigError, load_config
+from services.trainer.config import ConfigError, RemoteBackendConfig, load_config
 from services.trainer.discovery import StaticDiscovery
 from services.trainer.evaluation.cli import main
 from services.trainer.evaluation.report import (
@@ -295,3 +295,42 @@ def test_evaluation_and_training_build_one_rollout_stack_from_one_config(tiny_mo
     finally:
         for stack in stacks.values():
             stack.close()
+
+
+@pytest.mark.chromium
+async def test_evaluation_through_a_remote_generation_server(env_urls, tiny_model, tmp_path):
+    """Any backend evaluates: here an OpenAI-compatible server (the role vLLM plays) answers with
+    token ids; the episodes, seeds and scores are the harness's own."""
+    import asyncio
+
+    from aiohttp import web
+
+    from tests.trainer.test_remote import FakeOpenAI
+
+    fake = FakeOpenAI()
+    app = web.Application()
+    app.router.add_get("/v1/models", fake.models)
+    app.router.add_post("/v1/completions", fake.completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    try:
+        cfg = eval_config(tiny_model, env_urls, tasks=["click-test"], seeds_per_task=2)
+        cfg = cfg.model_copy(
+            update={
+                "generation": cfg.generation.model_copy(
+                    update={"backend": RemoteBackendConfig(base_url=url, model="policy")}
+                )
+            }
+        )
+        report = await asyncio.to_thread(
+            evaluate_policy, cfg, PolicySpec("served", str(tiny_model)), StaticDiscovery(env_urls)
+        )
+    finally:
+        await runner.cleanup()
+    score = report.scores["click-test"]
+    assert (score.episodes, score.successes) == (2, 2)  # the server always answers click('13')
+    assert all(r["temperature"] == 0.0 and r["prompt"][:1] for r in fake.requests)
+    assert len(fake.requests) == 2
