@@ -132,6 +132,12 @@ class EnvServerConfig(BaseModel):
         "BrowserGym's action functions (upstream hard-codes 500 ms: valid actions failed on a "
         "busy machine).",
     )
+    keep_browsergym_action_timeouts: bool = Field(
+        default=False,
+        description="Keep BrowserGym's hard-coded 500 ms inside its action functions instead of "
+        "action_timeout_ms (upstream's behaviour; only for comparisons: make "
+        "bench-action-timeouts).",
+    )
     slow_mo_ms: int = Field(
         default=0, ge=0, description="Playwright slow_mo; BrowserGym's MiniWoB default is 100 ms."
     )

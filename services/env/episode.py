@@ -61,9 +61,10 @@ def action_set_for(config: EnvServerConfig) -> HighLevelActionSet:
     action_set = HighLevelActionSet(
         subsets=list(config.action_subsets), strict=False, multiaction=False
     )
-    action_set.python_includes = _HARD_CODED_TIMEOUT.sub(
-        f"timeout={config.action_timeout_ms}", action_set.python_includes
-    )
+    if not config.keep_browsergym_action_timeouts:
+        action_set.python_includes = _HARD_CODED_TIMEOUT.sub(
+            f"timeout={config.action_timeout_ms}", action_set.python_includes
+        )
     return action_set
 
 

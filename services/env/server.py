@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import playwright.sync_api
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from openenv.core.env_server.serialization import serialize_observation
@@ -297,6 +298,14 @@ class EnvService:
             log.warning("session %s: %s", session.id, exc)
             self._end_episode(session, "task_error")
             raise RequestError(EnvErrorCode.TASK_ERROR, str(exc)) from exc
+        except playwright.sync_api.TimeoutError as exc:
+            # A page too slow for Playwright's wait (a busy machine): the browser is fine, the
+            # episode is lost; TIMEOUT tells the client to replay it, not that it asked wrong.
+            log.warning("session %s: %s", session.id, exc)
+            self._end_episode(session, "abandoned")
+            raise RequestError(
+                EnvErrorCode.TIMEOUT, f"{type(exc).__name__}: {exc}; send a reset"
+            ) from exc
         except Exception as exc:
             log.exception("session %s: %s failed", session.id, getattr(fn, "__name__", fn))
             self._end_episode(session, "abandoned")

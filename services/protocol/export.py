@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from services.protocol import actions, env, inference
+from services.protocol import actions, env, inference, trajectory
 
 
 def _bundle(title: str, version: str, models: dict[str, type[BaseModel]], **extra) -> dict:
@@ -38,6 +38,11 @@ def contract() -> dict[str, dict]:
             },
             error_codes=[code.value for code in env.EnvErrorCode],
             action_subsets={name: list(names) for name, names in actions.SUBSETS.items()},
+        ),
+        "trajectory.schema.json": _bundle(
+            "Trajectory records: one played episode per JSON line, in part-NNNNN.jsonl shards",
+            trajectory.TRAJECTORY_FORMAT,
+            {"Trajectory": trajectory.Trajectory, "TurnRecord": trajectory.TurnRecord},
         ),
         "inference.schema.json": _bundle(
             "Inference service: policy-update protocol beside vLLM's OpenAI-compatible API",

@@ -101,6 +101,14 @@ class RunConfig(_Section):
             "<output_dir>/episodes.jsonl."
         ),
     )
+    save_trajectories: bool = Field(
+        False,
+        description=(
+            "Save every played training episode as a trajectory record (token ids, per-turn "
+            "observations and actions; services/protocol/trajectory.py) in "
+            "<output_dir>/trajectories/training, one shard per step."
+        ),
+    )
 
 
 class ModelConfig(_Section):
@@ -521,6 +529,11 @@ class EvalConfig(_Section):
     )
     max_context_tokens: int = Field(
         8192, ge=64, description="Whole-episode budget; 10 turns of page text need more than 3k."
+    )
+    save_trajectories: bool = Field(
+        False,
+        description="Save every evaluated episode as a trajectory record in "
+        "<eval output>/trajectories/<policy label>.",
     )
 
     @model_validator(mode="after")

@@ -60,6 +60,25 @@ class EpisodeRequest:
 
 
 @dataclass
+class Turn:
+    """One turn as the policy lived it: what it saw, what it did, where its tokens are.
+
+    The policy was conditioned on ``prompt_ids + completion_ids[:start]`` and produced
+    ``completion_ids[start:end]`` (all of them ``env_mask`` 1).
+    """
+
+    observation: str
+    """The page (accessibility tree) the turn's prompt was built from, before it was cut."""
+    action: str
+    """The action sent to the env (the reply itself when it held no valid action)."""
+    start: int
+    end: int
+    error: str = ""
+    """The env's error for that action ('' when it ran)."""
+    reward: float = 0.0
+
+
+@dataclass
 class Episode:
     """One finished (or dropped) episode, ready for TRL's ``rollout_func``."""
 
@@ -79,6 +98,8 @@ class Episode:
     policy_versions: list[int] = field(default_factory=list)
     endpoint: str | None = None
     drop_reason: str | None = None
+    goal: str = ""
+    turn_log: list[Turn] = field(default_factory=list)
 
     @property
     def success(self) -> bool:
@@ -300,16 +321,21 @@ class RolloutEngine:
     async def _turns(self, request: EpisodeRequest, session, max_turns: int) -> Episode:
         """The turns of one episode on an open session."""
         obs = session.observation
-        ep = Episode(task=request.task, seed=request.seed, endpoint=session.endpoint)
+        ep = Episode(task=request.task, seed=request.seed, endpoint=session.endpoint, goal=obs.goal)
         ep.prompt_ids = self.prompts.first_prompt(obs, max_turns)
         for turn in range(1, max_turns + 1):
             gen = await self.batcher.generate(ep.prompt_ids + ep.completion_ids, self.sampling)
+            start = len(ep.completion_ids)
             self._append(ep, gen.token_ids, gen.logprobs, model=True)
             ep.generated_tokens += len(gen.token_ids)
             ep.policy_versions.append(gen.policy_version)
             action = self._action_of(ep, gen.text)
+            seen = obs.axtree_txt
             obs = await session.step(action)
             ep.turns = turn
+            ep.turn_log.append(
+                Turn(seen, action, start, len(ep.completion_ids), obs.error, float(obs.reward or 0))
+            )
             if obs.done and not obs.truncated:
                 ep.reward = float(obs.reward or 0.0)
                 ep.outcome = "success" if succeeded(ep.reward) else "failure"

@@ -25,6 +25,7 @@ from services.trainer.metrics import TrainerMetrics
 from services.trainer.progress import StepStats
 from services.trainer.rollout import Episode, EpisodeRequest
 from services.trainer.stack import RolloutStack
+from services.trainer.trajectories import TrajectoryWriter
 from services.trainer.trl_batch import to_trl_batch
 from services.trainer.trl_compat import log_step_metrics
 
@@ -58,6 +59,11 @@ class BrowserRollout:
         self.episode_log = (
             EpisodeLog(cfg.run.output_dir / "episodes.jsonl") if cfg.run.log_episodes else None
         )
+        self.trajectories = (
+            TrajectoryWriter(cfg.run.output_dir / "trajectories" / "training")
+            if cfg.run.save_trajectories
+            else None
+        )
 
     def __call__(self, prompts: list[Any], trainer) -> dict:
         step = trainer.state.global_step
@@ -73,6 +79,9 @@ class BrowserRollout:
         log_step_metrics(trainer, self.last.trl_metrics())
         if self.episode_log is not None:
             self.episode_log.append(step + 1, episodes)
+        if self.trajectories is not None:
+            self.trajectories.add(self.stack.records(episodes, "training", step))
+            self.trajectories.flush()
         return to_trl_batch(prompts, episodes, self.eos_id, self.cfg.tasks.turns_for)
 
     def play_some(self, requests: list[EpisodeRequest]) -> list[Episode]:

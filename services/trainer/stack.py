@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
+from services.protocol.trajectory import Source, Trajectory
 from services.trainer.config import TrainerConfig
 from services.trainer.discovery import Discovery
 from services.trainer.env_pool import EnvPool
@@ -32,6 +33,7 @@ from services.trainer.rollout import (
     RolloutEngine,
     RolloutObserver,
 )
+from services.trainer.trajectories import to_record
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +113,13 @@ class RolloutStack:
         *,
         protocol: ProtocolFactory = RolloutProtocol.training,
         observer: RolloutObserver | None = None,
+        policy_name: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.backend = backend
         self.discovery = discovery
         self.prompts = PromptBuilder.from_config(tokenizer, cfg)
+        self.policy_name = policy_name or cfg.model.source
         self.protocol = protocol(cfg, self.prompts)
         self.loop = EventLoopThread()
         self._watch: Future | None = None
@@ -154,6 +158,23 @@ class RolloutStack:
     @property
     def pool(self) -> EnvPool:
         return self.engine.pool
+
+    def records(
+        self, episodes: Sequence[Episode], source: Source, policy_version: int | None = None
+    ) -> list[Trajectory]:
+        """Trajectory records of the played episodes (dropped ones have none)."""
+        return [
+            to_record(
+                e,
+                source=source,
+                policy=self.policy_name,
+                tokenizer=self.prompts.tokenizer.name_or_path,
+                prompt_format=self.prompts.format,
+                policy_version=policy_version,
+            )
+            for e in episodes
+            if not e.dropped
+        ]
 
     def play(
         self,

@@ -30,6 +30,7 @@ from services.trainer.generation.base import GenerationBackend
 from services.trainer.loading import PolicySpec, load_for_generation
 from services.trainer.rollout import Episode, EpisodeRequest
 from services.trainer.stack import RolloutProtocol, RolloutStack
+from services.trainer.trajectories import TrajectoryWriter
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,10 @@ def evaluate_backend(
     label: str,
     model: str,
     adapter: str | None = None,
+    trajectories: TrajectoryWriter | None = None,
 ) -> PolicyReport:
-    """Measure one policy, given as a generation backend (+ its tokenizer), on the env pods."""
+    """Measure one policy, given as a generation backend (+ its tokenizer), on the env pods;
+    with ``trajectories``, every played episode is saved there too."""
     settings = EvalSettings.of(cfg)
     requests = eval_requests(settings)
     finished = 0
@@ -69,9 +72,14 @@ def evaluate_backend(
         )
 
     started = time.monotonic()
-    stack = RolloutStack(cfg, tokenizer, backend, discovery, protocol=RolloutProtocol.evaluation)
+    stack = RolloutStack(
+        cfg, tokenizer, backend, discovery, protocol=RolloutProtocol.evaluation, policy_name=model
+    )
     try:
         episodes = stack.play(requests, on_episode=progress)
+        if trajectories is not None:
+            trajectories.add(stack.records(episodes, "evaluation"))
+            trajectories.flush()
     finally:
         stack.close()
     scores, records = score_episodes(episodes, settings.tasks)
@@ -85,7 +93,12 @@ def evaluate_backend(
     )
 
 
-def evaluate_policy(cfg: TrainerConfig, spec: PolicySpec, discovery: Discovery) -> PolicyReport:
+def evaluate_policy(
+    cfg: TrainerConfig,
+    spec: PolicySpec,
+    discovery: Discovery,
+    trajectories: TrajectoryWriter | None = None,
+) -> PolicyReport:
     """Measure ``spec`` with the configured generation backend; in-process weights are freed
     after."""
     cache_dir = cfg.model.cache_dir.expanduser()
@@ -107,6 +120,7 @@ def evaluate_policy(cfg: TrainerConfig, spec: PolicySpec, discovery: Discovery) 
             label=spec.label,
             model=spec.model,
             adapter=spec.adapter,
+            trajectories=trajectories,
         )
     finally:
         loaded.clear()  # free the weights before the next policy loads
@@ -137,7 +151,12 @@ def compare(
     reports = [before] if before is not None else []
     for spec in policies:
         log.info("evaluating %s (%s)", spec.label, spec.model)
-        report = evaluate_policy(cfg, spec, pods.discovery())
+        trajectories = (
+            TrajectoryWriter(Path(out_dir) / "trajectories" / spec.label)
+            if cfg.eval.save_trajectories
+            else None
+        )
+        report = evaluate_policy(cfg, spec, pods.discovery(), trajectories)
         log.info("%s: mean success %s in %.0f s", spec.label, report.mean_success, report.wall_s)
         reports.append(report)
     json_path, md_path = write_reports(reports, EvalSettings.of(cfg), out_dir)
