@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from services.protocol.env import (
     BrowserAction,
+    BrowserDemonstration,
     BrowserObservation,
     BrowserResetOptions,
     BrowserState,
@@ -157,6 +158,11 @@ class BrowserEnvClient:
         reply = await self._request({"type": "state"})
         return BrowserState.model_validate(reply["data"])
 
+    async def demonstrate(self) -> BrowserDemonstration:
+        """The task family's expert action for the page as it is now (does not act)."""
+        reply = await self._request({"type": "demonstrate"})
+        return BrowserDemonstration.model_validate(reply["data"])
+
     async def _request(self, message: dict[str, Any]) -> dict[str, Any]:
         await self.connect()
         assert self._ws is not None
@@ -177,7 +183,7 @@ class BrowserEnvClient:
         reply = json.loads(raw)
         if reply.get("type") == "error":
             error = error_from_reply(reply.get("data") or {})
-            if not isinstance(error, EnvRequestError):
+            if not isinstance(error, EnvRequestError | EnvTaskError):
                 await self._drop()  # the server closes such sessions (or they are useless)
             raise error
         return reply

@@ -36,7 +36,12 @@ from services.env.config import EnvServerConfig
 from services.env.families import TaskCatalog
 from services.env.families.base import TaskError, TaskInstance
 from services.protocol.actions import ActionParseError, allowed_actions, parse_action
-from services.protocol.env import BrowserObservation, BrowserResetOptions, BrowserState
+from services.protocol.env import (
+    BrowserDemonstration,
+    BrowserObservation,
+    BrowserResetOptions,
+    BrowserState,
+)
 
 _EXTRACT_TRIES = 3
 _TRANSIENT_EXTRACT_ERRORS = (
@@ -101,6 +106,7 @@ class PageEpisode:
     seed: int | None = None
     episode_id: str | None = None
     goal: str = ""
+    last_axtree: str = ""
     steps: int = 0
     done: bool = True
     running: bool = False  # an episode was reset and has not ended
@@ -203,6 +209,13 @@ class PageEpisode:
         }
         return observation
 
+    def demonstrate(self) -> BrowserDemonstration:
+        """The task's scripted next action for the page as last observed (does not act)."""
+        if self.task is None or self.done:
+            raise NotResetError("no episode is running: send a reset first")
+        action = self.task.demonstrate(self.goal, self.last_axtree)
+        return BrowserDemonstration(action=action, task=self.task_name)
+
     def state(self, session_id: str) -> BrowserState:
         return BrowserState(
             episode_id=self.episode_id or session_id,
@@ -277,6 +290,7 @@ class PageEpisode:
         if self.config.clickable_generics:
             _keep_clickable_generics(axtree, extract_dom_extra_properties(dom, scale_factor=1.0))
         axtree_txt = flatten_axtree_to_str(axtree)
+        self.last_axtree = axtree_txt
         pruned = prune_html(flatten_dom_to_str(dom)) if self.options.pruned_html else ""
         screenshot = None
         if self.options.screenshot:

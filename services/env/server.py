@@ -232,9 +232,12 @@ class EnvService:
         if kind == "state":
             state = session.episode.state(session.id)
             return WSStateResponse(data=state.model_dump()).model_dump_json()
+        if kind == "demonstrate":
+            demonstration = await self._run(session, session.episode.demonstrate)
+            return json.dumps({"type": "demonstration", "data": demonstration.model_dump()})
         raise RequestError(
             EnvErrorCode.UNKNOWN_TYPE,
-            f"Unknown message type: {kind!r}; expected reset, step, state or close",
+            f"Unknown message type: {kind!r}; expected reset, step, state, demonstrate or close",
         )
 
     async def _reset(self, session: Session, data: Any) -> str:
@@ -274,7 +277,7 @@ class EnvService:
             self._end_episode(session, outcome)
         return _observation(observation)
 
-    async def _run(self, session: Session, fn, *args) -> BrowserObservation:
+    async def _run(self, session: Session, fn, *args) -> Any:
         """Run an episode call on the session's browser thread, bounded by the step timeout."""
         future = session.worker.submit(fn, *args)
         try:

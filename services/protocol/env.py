@@ -16,7 +16,7 @@ from typing import Literal
 from openenv.core.env_server.types import Action, Observation, State
 from pydantic import BaseModel, ConfigDict, Field
 
-ENV_PROTOCOL_VERSION = "1.1"
+ENV_PROTOCOL_VERSION = "1.2"  # 1.2: the demonstrate message
 #: Largest task seed: MiniWoB and BrowserGym seed numpy's generator, which takes 32 bits.
 MAX_SEED = 2**32 - 1
 
@@ -116,6 +116,20 @@ class BrowserState(State):
     seed: int | None = Field(default=None, description="Seed of the current episode.")
     done: bool = Field(default=False, description="Whether the current episode has ended.")
     cumulative_reward: float = Field(default=0.0, description="Sum of rewards so far.")
+
+
+class BrowserDemonstration(BaseModel):
+    """Reply to a ``{"type": "demonstrate"}`` message: what the task family's scripted solver would
+    do next on the session's page (it does not act). Demonstrations for behaviour cloning."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: str | None = Field(
+        default=None,
+        description="The next action, e.g. fill('16', 'juan'); None when the family has no "
+        "solver for the task or the page.",
+    )
+    task: str = Field(default="", description="Canonical task name of the running episode.")
 
 
 class EnvErrorCode(StrEnum):

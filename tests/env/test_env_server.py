@@ -19,6 +19,7 @@ from services.env.client import (
     EnvUnavailableError,
 )
 from services.env.families.miniwob import oracle
+from services.env.families.miniwob.solvers import elements
 from services.env.local import start_local_env_pods
 
 pytestmark = pytest.mark.chromium
@@ -80,7 +81,7 @@ async def test_wrong_actions_give_reward_0(pod):
         target = oracle.solve(obs)[0]
         wrong = next(
             f"click('{n.bid}')"
-            for n in oracle.nodes(obs.axtree_txt)
+            for n in elements(obs.axtree_txt)
             if n.role == "button" and f"click('{n.bid}')" != target
         )
         obs = await env.step(wrong)

@@ -15,7 +15,7 @@ from services.env.client import (
 from services.env.config import MiniWoBFamilyConfig, load_config
 from services.env.families import FAMILIES, TaskCatalog, UnknownTaskError, build_families
 from services.env.families.miniwob import TASK_CLASSES
-from services.env.families.miniwob.oracle import nodes
+from services.env.families.miniwob.solvers import elements
 from services.protocol.tasks import miniwob_tasks
 
 
@@ -96,9 +96,9 @@ async def test_unreachable_pod_is_unavailable():
         BrowserEnvClient("127.0.0.1:8000")
 
 
-def test_oracle_reads_bids_from_the_accessibility_tree():
+def test_solvers_read_bids_from_the_accessibility_tree():
     tree = "RootWebArea 'x'\n\t[13] button 'Click Me!'\n\t\t[a4] textbox ''\n\tStaticText 'y'"
-    assert [(n.bid, n.role, n.name) for n in nodes(tree)] == [
+    assert [(n.bid, n.role, n.name) for n in elements(tree)] == [
         ("13", "button", "Click Me!"),
         ("a4", "textbox", ""),
     ]

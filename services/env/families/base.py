@@ -51,6 +51,11 @@ class TaskInstance(Protocol):
         """Free what ``setup`` took (the page itself is reused by the next episode)."""
         ...
 
+    def demonstrate(self, goal: str, axtree: str) -> str | None:
+        """The next action of a scripted solver on the page as the policy sees it (its goal and
+        accessibility tree), or None when there is none. Demonstrations for behaviour cloning."""
+        ...
+
 
 class TaskFamily(abc.ABC):
     """A set of tasks served by one pod, e.g. MiniWoB++ or a folder of the user's pages."""

@@ -137,6 +137,9 @@ class PageTask:
     def teardown(self) -> None:
         return None
 
+    def demonstrate(self, goal: str, axtree: str) -> str | None:
+        return None  # page tasks bring no solver (yet): no demonstrations
+
     def _evaluate(self, page: playwright.sync_api.Page, phase: str, script: str, arg=None):
         try:
             return page.evaluate(script, arg)

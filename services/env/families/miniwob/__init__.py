@@ -1,8 +1,9 @@
 """MiniWoB++ as a task family: BrowserGym's 125 task classes, pages from the ``miniwob`` wheel.
 
 Each task's own ``setup`` (navigate to the ``file://`` page, seed, start) and ``validate`` (the
-page's JavaScript reward) are used as they are; the scripted solvers in ``oracle.py`` read the goal
-and the page like a policy would.
+page's JavaScript reward) are used as they are. ``solvers.py`` holds scripted solvers for the
+tasks the demonstrations cover: each reads the goal and the page like a policy would and names
+the next action (``demonstrate``); ``oracle.py`` plays whole episodes for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from browsergym.miniwob import ALL_MINIWOB_TASKS
 from browsergym.miniwob.base import AbstractMiniwobTask
 
 from services.env.families.base import TaskCheck, TaskFamily
+from services.env.families.miniwob.solvers import SOLVERS
 from services.protocol.tasks import MINIWOB
 
 TASK_CLASSES: dict[str, type[AbstractMiniwobTask]] = {
@@ -32,6 +34,7 @@ class MiniWoBTask:
 
     def __init__(self, task: AbstractMiniwobTask) -> None:
         self._task = task
+        self._solver = SOLVERS.get(task.subdomain)
 
     def setup(self, page: playwright.sync_api.Page) -> str:
         goal, _ = self._task.setup(page)
@@ -43,6 +46,9 @@ class MiniWoBTask:
 
     def teardown(self) -> None:
         self._task.teardown()
+
+    def demonstrate(self, goal: str, axtree: str) -> str | None:
+        return self._solver(goal, axtree) if self._solver is not None else None
 
 
 class MiniWoBFamily(TaskFamily):
