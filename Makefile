@@ -126,14 +126,21 @@ eval: setup ## base vs trained on held-out seeds: make eval [config=<yaml>] [tra
 	$(PY) -m services.trainer.evaluation --config $(config) --trained $(trained) $(EVAL_ARGS)
 
 # --- trainer ---
-# `make run` trains the local default (Gemma-3-270M base, LoRA, CPU, local env pods) and then
-# evaluates base vs trained on held-out seeds; `make run config=<yaml>` any other config
-# (configs/quick.yaml: the same path in minutes). Extra CLI options go in RUN_ARGS,
-# e.g. RUN_ARGS="--set grpo.max_steps=5 --no-eval".
-.PHONY: bench-rollout
+# `make run` runs the local default's stages (Gemma-3-270M base, LoRA, CPU, local env pods):
+# scripted demonstrations -> SFT warm-up -> GRPO with WebRL's phases and replay -> base vs final
+# on held-out seeds; `make run config=<yaml>` any other config (configs/quick.yaml: the same path
+# in minutes). Extra CLI options go in RUN_ARGS, e.g. RUN_ARGS="--set grpo.max_steps=5 --no-eval".
+# `make demos` and `make sft` run one stage of the same config alone.
+.PHONY: demos sft bench-rollout
 
-run: setup ## train (GRPO) then evaluate base vs trained: make run [config=<yaml>] [RUN_ARGS=...]
+run: setup ## demos -> SFT -> GRPO -> base vs final: make run [config=<yaml>] [RUN_ARGS=...]
 	$(PY) -m services.trainer train --config $(config) $(RUN_ARGS)
+
+demos: setup ## play demonstration episodes, save the successes as trajectories: make demos [config=<yaml>]
+	$(PY) -m services.trainer demos --config $(config) $(RUN_ARGS)
+
+sft: setup ## the SFT warm-up alone (on sft.datasets or the demos): make sft [config=<yaml>]
+	$(PY) -m services.trainer sft --config $(config) $(RUN_ARGS)
 
 bench-rollout: setup ## rollout engine vs a sequential loop: episodes/s at 1, 2, 4 sessions (runs/bench_rollout.json)
 	$(PY) scripts/bench_rollout.py --out runs/bench_rollout.json $(BENCH_ARGS)

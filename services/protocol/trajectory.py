@@ -50,6 +50,7 @@ class Trajectory(BaseModel):
     policy_version: int | None = Field(None, description="Trainer step of the policy, if any.")
     tokenizer: str = Field(..., description="Whose token ids these are (name or path).")
     prompt_format: Literal["chat", "fewshot"] = Field(..., description="How prompts were built.")
+    max_turns: int = Field(..., ge=1, description="The episode's turn cap (prompts show it).")
     prompt_ids: list[int]
     completion_ids: list[int]
     env_mask: list[int] = Field(..., description="1: the policy's token; 0: the env's.")

@@ -1,16 +1,19 @@
-"""``python -m services.trainer``: train (and evaluate) from YAML configs, or evaluate alone.
+"""``python -m services.trainer``: a run's stages from YAML configs, each also on its own.
 
     python -m services.trainer train --config services/trainer/configs/local_cpu.yaml
     python -m services.trainer train --config base.yaml --config overlay.yaml --set grpo.max_steps=3
+    python -m services.trainer demos --config cfg.yaml     # demonstrations only
+    python -m services.trainer sft --config cfg.yaml       # the SFT warm-up only
     python -m services.trainer check --config cfg.yaml     # validate only, start nothing
     python -m services.trainer eval --config cfg.yaml --trained auto
 
 ``train`` validates the whole config before it loads a model or starts a process, serves
 ``/metrics``, starts local env pods when ``env.local.pods > 0`` (the cluster shape as
-processes), follows env discovery, trains with GRPO, saves ``final/``, then
-(``eval.after_training``) measures base vs trained on held-out seeds and prints the table.
+processes), follows env discovery and runs the configured stages in order (``pipeline.py``):
+demonstrations and the SFT warm-up (``sft.enabled``), GRPO (``grpo.max_steps > 0``), then
+(``eval.after_training``) base vs final policy on held-out seeds, the table printed.
 
-SIGTERM (Kubernetes draining a node, deleting the pod) during training finishes the running step,
+SIGTERM (Kubernetes draining a node, deleting the pod) during GRPO finishes the running step,
 saves a checkpoint and exits 143, so the replacement pod resumes from it; a second SIGTERM, or one
 outside training, exits at once.
 """
@@ -20,25 +23,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
-import gc
 import logging
 import signal
 import sys
-import time
 
-import yaml
-
-from services.trainer.config import (
-    ConfigError,
-    TrainerConfig,
-    dump_config,
-    load_config,
-    parse_override,
-)
+from services.trainer.config import ConfigError, TrainerConfig, load_config, parse_override
+from services.trainer.envs import env_pods
 from services.trainer.evaluation import cli as eval_cli
 
 log = logging.getLogger("services.trainer")
-EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 def _config(args: argparse.Namespace) -> TrainerConfig:
@@ -52,46 +45,22 @@ def _install_diagnostics() -> None:
         faulthandler.register(signal.SIGUSR1)
 
 
-def train(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
-    from services.trainer.envs import env_pods
-    from services.trainer.grpo import build_training, run_training
-    from services.trainer.metrics import TrainerMetrics, serve
+def demos(cfg: TrainerConfig) -> int:
+    from services.trainer.demos import generate_demos
 
-    _install_diagnostics()
-    out = cfg.run.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
-    metrics = TrainerMetrics()
-    if cfg.metrics.port is not None:
-        port = serve(metrics, cfg.metrics.port, cfg.metrics.host)
-        log.info("metrics at http://%s:%d/metrics", cfg.metrics.host, port)
-    started = time.monotonic()
     with env_pods(cfg) as pods:
-        training = build_training(cfg, pods.discovery(), metrics=metrics)
-        training.graceful_stop.install()
-        try:
-            final = run_training(training, cfg)
-        finally:
-            training.close()
-        if final is None:
-            log.info("stopped by SIGTERM after step %d", training.trainer.state.global_step)
-            return EXIT_TERMINATED
-        log.info("training done in %.0f s; policy saved to %s", time.monotonic() - started, final)
-        del training
-        gc.collect()
-        if evaluate_after and cfg.eval.after_training:
-            _evaluate(cfg, final, pods)
-    log.info("total wall time %.0f s", time.monotonic() - started)
+        generate_demos(cfg, pods)
     return 0
 
 
-def _evaluate(cfg: TrainerConfig, final, pods) -> None:
-    from services.trainer.evaluation.run import compare
-    from services.trainer.loading import PolicySpec, trained_spec
+def sft(cfg: TrainerConfig) -> int:
+    from services.trainer.pipeline import sft_data
+    from services.trainer.sft import run_sft
 
-    policies = [PolicySpec("base", cfg.model.source), trained_spec(final, cfg.model.source)]
-    _, md_path = compare(cfg, policies, pods, cfg.run.output_dir / "eval")
-    print(md_path.read_text(), flush=True)
+    with env_pods(cfg) as pods:
+        folder = run_sft(cfg, sft_data(cfg, pods))
+    print(f"SFT model: {folder}", flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
-        ("train", "train with GRPO (then evaluate base vs trained)"),
+        ("train", "the configured stages: demonstrations, SFT, GRPO, then base vs trained"),
+        ("demos", "play demonstration episodes and save the successes (demos section)"),
+        ("sft", "the SFT warm-up alone, on sft.datasets or the demonstrations"),
         ("check", "validate a config and exit"),
     ):
         sub = commands.add_parser(name, help=help_text)
@@ -133,4 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(f"{' + '.join(args.config)}: OK")
         return 0
-    return train(cfg, evaluate_after=not args.no_eval)
+    _install_diagnostics()
+    if args.command == "demos":
+        return demos(cfg)
+    if args.command == "sft":
+        return sft(cfg)
+    from services.trainer.pipeline import run
+
+    return run(cfg, evaluate_after=not args.no_eval)

@@ -400,7 +400,9 @@ class LoraAdapterConfig(_Section):
 
 
 class GrpoConfig(_Section):
-    max_steps: int = Field(..., ge=1, description="Optimizer steps to train.")
+    max_steps: int = Field(
+        ..., ge=0, description="Optimizer steps to train (0: no GRPO stage, e.g. SFT only)."
+    )
     prompts_per_step: int = Field(
         2, ge=1, description="Task prompts (GRPO groups) per optimizer step."
     )
@@ -419,7 +421,19 @@ class GrpoConfig(_Section):
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"] = Field(
         "dapo", description="TRL GRPO loss aggregation."
     )
-    beta: float = Field(0.0, ge=0, description="KL penalty to the reference model (0: no ref).")
+    beta: float = Field(
+        0.0,
+        ge=0,
+        description="KL penalty to the reference: the policy at the start of the phase (0: none).",
+    )
+    phase_steps: int = Field(
+        0,
+        ge=0,
+        description=(
+            "WebRL phases: every N steps the live policy becomes the KL reference and the replay "
+            "pool is scored anew (0: one phase; the reference stays the starting policy)."
+        ),
+    )
     epsilon: float = Field(0.2, gt=0, description="PPO clip range (lower).")
     epsilon_high: float | None = Field(None, gt=0, description="Upper clip (None: = epsilon).")
     num_iterations: int = Field(1, ge=1, description="Updates per generated batch (mu).")
@@ -440,6 +454,34 @@ class GrpoConfig(_Section):
                 f"prompts_per_step * num_generations = {samples} is not a multiple of "
                 f"micro_batch_size = {self.micro_batch_size}"
             )
+        return self
+
+
+class ReplayConfig(_Section):
+    """WebRL's replay of past successes: a likelihood term beside GRPO (trainer/replay.py)."""
+
+    enabled: bool = Field(False, description="Replay earlier successful episodes every step.")
+    min_prob: float = Field(
+        0.5, gt=0, le=1, description="Band: lowest per-token action probability replayed."
+    )
+    max_prob: float = Field(
+        0.95, gt=0, le=1, description="Band: highest (above: the policy knows it already)."
+    )
+    ratio: float = Field(
+        1.0, gt=0, description="Replayed episodes per step, at most this times the fresh ones."
+    )
+    coef: float = Field(
+        0.1, ge=0, description="Weight of the replayed action tokens' mean NLL in the loss."
+    )
+    capacity: int = Field(2000, ge=1, description="Successes kept (the most recent).")
+    include_demos: bool = Field(
+        True, description="Seed the buffer with the SFT stage's successful trajectories."
+    )
+
+    @model_validator(mode="after")
+    def _band(self) -> ReplayConfig:
+        if self.min_prob >= self.max_prob:
+            raise ValueError(f"replay band: min_prob {self.min_prob} >= max_prob {self.max_prob}")
         return self
 
 
@@ -514,6 +556,63 @@ class PolicySyncConfig(_Section):
     )
 
 
+class DemosConfig(_Section):
+    """Demonstrations: successful episodes saved as trajectories, the SFT warm-up's data."""
+
+    source: Literal["scripted", "rejection", "teacher"] = Field(
+        "scripted",
+        description=(
+            "scripted: the env pods' task solvers answer (services/env/families); rejection: the "
+            "policy (generation.backend) samples and only successes are kept; teacher: the same "
+            "with a stronger model behind generation.backend (a vLLM server), re-rendered for the "
+            "student's tokenizer by the SFT stage."
+        ),
+    )
+    episodes_per_task: int = Field(40, ge=1, description="Episodes played per training task.")
+    temperature: float = Field(
+        0.7, gt=0, le=2.0, description="Sampling temperature (rejection, teacher)."
+    )
+    teacher: str | None = Field(
+        None,
+        description="The teacher's model source (its tokenizer builds its prompts; the server "
+        "behind generation.backend serves its weights). Required with source teacher.",
+    )
+    seed_start: int = Field(
+        200_000,
+        ge=0,
+        description="Demonstration seeds are seed_start + k: outside the evaluation seeds; the "
+        "training range may hold them (they are training data).",
+    )
+    output: Path | None = Field(
+        None, description="Trajectory folder (None: <run.output_dir>/demos/<source>)."
+    )
+
+    @model_validator(mode="after")
+    def _teacher(self) -> DemosConfig:
+        if self.source == "teacher" and not self.teacher:
+            raise ValueError("demos.source teacher needs demos.teacher (its model source)")
+        return self
+
+
+class SftConfig(_Section):
+    """The SFT warm-up (TRL's SFTTrainer) on trajectories, before GRPO."""
+
+    enabled: bool = Field(False, description="Run SFT before GRPO (train) or alone (sft).")
+    datasets: list[Path] = Field(
+        default_factory=list,
+        description="Trajectory folders or .jsonl files (none: the demos folder, generated when "
+        "missing).",
+    )
+    successes_only: bool = Field(True, description="Train only on successful trajectories.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the data.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    micro_batch_size: int = Field(4, ge=1, description="Sequences per forward/backward pass.")
+    gradient_accumulation_steps: int = Field(2, ge=1, description="Micro-batches per step.")
+    lr_scheduler_type: str = Field("cosine", description="transformers scheduler name.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Linear warm-up share.")
+    save_steps: int = Field(200, ge=1, description="Checkpoint every N steps (and at the end).")
+
+
 class EvalConfig(_Section):
     """Held-out evaluation (BrowserGym's MiniWoB protocol by default)."""
 
@@ -529,6 +628,11 @@ class EvalConfig(_Section):
     )
     max_context_tokens: int = Field(
         8192, ge=64, description="Whole-episode budget; 10 turns of page text need more than 3k."
+    )
+    base_results: Path | None = Field(
+        None,
+        description="Reuse the base report of an earlier eval.json measured the same way (seeds, "
+        "turns, temperature, a superset of the tasks) instead of measuring the base again.",
     )
     save_trajectories: bool = Field(
         False,
@@ -576,6 +680,13 @@ class TrainerConfig(_Section):
     policy_sync: PolicySyncConfig = Field(
         default_factory=PolicySyncConfig, description="Pushing the policy to the inference service."
     )
+    replay: ReplayConfig = Field(
+        default_factory=ReplayConfig, description="Replay of past successes (WebRL)."
+    )
+    demos: DemosConfig = Field(
+        default_factory=DemosConfig, description="Demonstrations for the SFT warm-up."
+    )
+    sft: SftConfig = Field(default_factory=SftConfig, description="The SFT warm-up stage.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation after training.")
     use_cpu: bool = Field(True, description="Train on CPU (no accelerator).")
 
@@ -587,6 +698,18 @@ class TrainerConfig(_Section):
             raise ValueError(
                 f"eval seeds [{self.eval.seed_start}, {eval_stop}) overlap the training seeds "
                 f"[{self.tasks.seed_start}, {train_stop}): held-out seeds must be unseen"
+            )
+        if self.sft.enabled and self.policy_sync.enabled and self.policy_sync.mode == "adapter":
+            raise ValueError(
+                "sft.enabled with policy_sync.mode adapter: the SFT stage changes the base weights "
+                "the inference service serves, so an adapter would land on the wrong base; use "
+                "policy_sync.mode full (a LoRA adapter is merged and pushed whole)"
+            )
+        demo_stop = self.demos.seed_start + self.demos.episodes_per_task
+        if self.demos.seed_start < eval_stop and demo_stop > self.eval.seed_start:
+            raise ValueError(
+                f"demonstration seeds [{self.demos.seed_start}, {demo_stop}) overlap the eval "
+                f"seeds [{self.eval.seed_start}, {eval_stop}): held-out seeds must be unseen"
             )
         pod = self.env.local.pod
         if "action_subsets" in pod.model_fields_set and pod.action_subsets != list(
@@ -614,6 +737,15 @@ class TrainerConfig(_Section):
             if isinstance(family, PageFolderFamilyConfig) and self.env.local.pods:
                 known[family.name] = page_task_names(family.folder)
         return known
+
+    @property
+    def demos_folder(self) -> Path:
+        return self.demos.output or self.run.output_dir / "demos" / self.demos.source
+
+    @property
+    def sft_sources(self) -> list[Path]:
+        """The SFT stage's trajectories: ``sft.datasets``, or the demonstrations folder."""
+        return list(self.sft.datasets) or [self.demos_folder]
 
     @property
     def eval_tasks(self) -> list[str]:

@@ -77,8 +77,16 @@ class EnvSession:
     _closed: bool = field(default=False, repr=False)
 
     async def step(self, action: str) -> BrowserObservation:
+        self.observation = await self._call(self.client.step(action))
+        return self.observation
+
+    async def demonstrate(self) -> str | None:
+        """The task family's scripted next action for the current page (None: it has none)."""
+        return (await self._call(self.client.demonstrate())).action
+
+    async def _call(self, request):
         try:
-            self.observation = await self.client.step(action)
+            return await request
         except EnvRequestError:
             raise  # a caller bug (bad request), not infrastructure: never retried
         except EnvTaskError as exc:
@@ -87,7 +95,6 @@ class EnvSession:
             raise EnvInfraError("capacity", self.endpoint, str(exc)) from exc
         except (TimeoutError, EnvUnavailableError, EnvError, OSError) as exc:
             raise EnvInfraError("env_unavailable", self.endpoint, str(exc)) from exc
-        return self.observation
 
 
 ClientFactory = Callable[[str], BrowserEnvClient]

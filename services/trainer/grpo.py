@@ -26,7 +26,9 @@ from services.trainer.discovery import Discovery, StaticDiscovery
 from services.trainer.generation import BackendContext, build_backend
 from services.trainer.loading import load_for_training
 from services.trainer.metrics import TrainerMetrics
+from services.trainer.phases import PhaseReference, drop_reference_adapter
 from services.trainer.progress import StepLine
+from services.trainer.replay import ReplayBuffer, ReplayTerm
 from services.trainer.restarts import (
     CurriculumCheckpoint,
     GracefulStop,
@@ -36,7 +38,7 @@ from services.trainer.restarts import (
 from services.trainer.rewards import build_rewards
 from services.trainer.rollout_func import BrowserRollout
 from services.trainer.stack import RolloutStack
-from services.trainer.trl_compat import score_only_completion_tokens_on_cpu
+from services.trainer.trl_compat import log_step_metrics, score_only_completion_tokens_on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,42 @@ def lora_config(cfg: TrainerConfig):
     )
 
 
+def with_reference_adapter(cfg: TrainerConfig, model):
+    """(model, peft_config for TRL). LoRA with ``beta > 0``: the adapter is made here, so TRL keeps
+    a frozen copy of it named ``ref`` as the KL reference (``phases.py`` moves it each phase);
+    handed a ``peft_config`` instead, TRL would measure the KL to the base model."""
+    config = lora_config(cfg)
+    if config is None or cfg.grpo.beta == 0 or hasattr(model, "peft_config"):
+        return model, config
+    from peft import get_peft_model
+
+    return get_peft_model(model, config), None
+
+
+def replay_buffer(cfg: TrainerConfig, prompts) -> ReplayBuffer:
+    """The run's buffer (``<run>/replay``), seeded with the SFT stage's data when configured."""
+    r = cfg.replay
+    buffer = ReplayBuffer(
+        cfg.run.output_dir / "replay", prompts, r.capacity, band=(r.min_prob, r.max_prob)
+    )
+    if r.include_demos and cfg.sft.enabled:
+        buffer.seed_with([p for p in cfg.sft_sources if p.exists()])
+    return buffer
+
+
+def replay_term(cfg: TrainerConfig, buffer: ReplayBuffer, trainer) -> ReplayTerm:
+    g = cfg.grpo
+    samples = g.prompts_per_step * g.num_generations
+    return ReplayTerm(
+        buffer,
+        coef=cfg.replay.coef,
+        per_step=int(cfg.replay.ratio * samples),
+        micro_batches=samples // g.micro_batch_size,
+        seed=cfg.run.seed,
+        report=lambda figures: log_step_metrics(trainer, figures),
+    )
+
+
 @dataclass
 class Training:
     """A built trainer and the parts around it (``close`` when done)."""
@@ -140,7 +178,7 @@ def build_training(
     ``discovery``: where the env pods are (a ``Discovery``, or a list of URLs for a static one).
     """
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from trl import GRPOTrainer
+    from services.trainer.grpo_trainer import BrowserGRPOTrainer
 
     if cfg.use_cpu:
         score_only_completion_tokens_on_cpu()
@@ -162,23 +200,32 @@ def build_training(
     stack = RolloutStack(cfg, tokenizer, backend, discovery, observer=metrics)
     curriculum = build_curriculum(cfg.curriculum, cfg.tasks.names, seed=cfg.run.seed)
     eos = tokenizer.eos_token_id
+    buffer = replay_buffer(cfg, stack.prompts) if cfg.replay.enabled else None
     rollout = BrowserRollout(
-        cfg, stack, curriculum, metrics, eos if isinstance(eos, int) else eos[0]
+        cfg, stack, curriculum, metrics, eos if isinstance(eos, int) else eos[0], buffer
     )
+    model, peft_config = with_reference_adapter(cfg, model)
     try:
-        trainer = GRPOTrainer(
+        trainer = BrowserGRPOTrainer(
             model=model,
             reward_funcs=build_rewards(cfg.rewards),
             args=grpo_args(cfg),
             train_dataset=build_dataset(cfg),
             processing_class=tokenizer,
-            peft_config=lora_config(cfg),
+            peft_config=peft_config,
             rollout_func=rollout,
         )
     except Exception:
         rollout.close()
         raise
     trainer_ref.append(trainer)
+    if buffer is not None:
+        trainer.replay_term = replay_term(cfg, buffer, trainer)
+    trainer.add_callback(
+        PhaseReference(
+            trainer, cfg.grpo.phase_steps, on_phase_start=[buffer.rescore] if buffer else []
+        )
+    )
     progress = StepLine(
         lambda: rollout.last,
         metrics,
@@ -194,7 +241,7 @@ def build_training(
     if cfg.policy_sync.enabled:
         from services.trainer.policy_sync import build_callback
 
-        trainer.add_callback(build_callback(cfg.policy_sync))
+        trainer.add_callback(build_callback(cfg.policy_sync, push_at_start=cfg.sft.enabled))
     return Training(
         trainer, rollout, metrics, progress, tokenizer, folder, curriculum_checkpoint, graceful_stop
     )
@@ -217,6 +264,7 @@ def run_training(training: Training, cfg: TrainerConfig) -> Path | None:
     if training.graceful_stop.requested:
         return None
     final = cfg.run.output_dir / "final"
+    drop_reference_adapter(training.trainer.model)  # final/ holds the policy alone
     training.trainer.save_model(str(final))
     training.tokenizer.save_pretrained(str(final))
     return final

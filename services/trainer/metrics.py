@@ -66,7 +66,19 @@ class TrainerMetrics(RolloutObserver):
             registry=r,
         )
         self.loss = Gauge("trainer_loss", "GRPO loss of the last step.", registry=r)
-        self.kl = Gauge("trainer_kl", "KL to the reference model (beta > 0).", registry=r)
+        self.kl = Gauge(
+            "trainer_kl", "KL to the reference: the phase-start policy (beta > 0).", registry=r
+        )
+        self.replay_nll = Gauge(
+            "trainer_replay_nll",
+            "Mean NLL of the last step's replayed action tokens (replay.enabled).",
+            registry=r,
+        )
+        self.replay_pool = Gauge(
+            "trainer_replay_pool",
+            "Replayable successes in this phase's probability band (replay.enabled).",
+            registry=r,
+        )
         self.grad_norm = Gauge("trainer_grad_norm", "Gradient norm of the last step.", registry=r)
         self.step_seconds = Histogram(
             "trainer_step_seconds",

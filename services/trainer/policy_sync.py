@@ -16,9 +16,10 @@ remote generation backend records per sample, so staleness is visible.
 What happens when things go wrong (each case tested):
 
 - The trainer starts (fresh, resumed or replaced) while the service serves another version (a
-  resume goes back to its checkpoint, behind the version it had pushed): at train begin it waits
-  for the service, then pushes its own policy with ``restart``, which the service accepts below
-  its served version. Versions are step counts again from there on.
+  resume goes back to its checkpoint, behind the version it had pushed), or GRPO starts from
+  the SFT stage's model, which the service never loaded: at train begin it waits for the
+  service, then pushes its own policy with ``restart``, which the service accepts below its
+  served version. Versions are step counts again from there on.
 - The service cannot be reached (starting, restarting): the push waits with back-off up to
   ``wait_ready_s`` and then stops training with the reason; an unreachable service is never
   counted as a refusal.
@@ -229,7 +230,7 @@ class PolicyPusher:
             return self._push_nccl(model, version, restart)
         if self.transport == "upload":
             with tempfile.TemporaryDirectory(prefix="adapter-") as scratch:
-                model.save_pretrained(scratch)
+                model.save_pretrained(scratch, selected_adapters=["default"])
                 return self.client.push_adapter_files(version, Path(scratch), restart=restart)
         folder = self._save_to_shared_dir(model, version)
         service_path = str(folder)
@@ -251,7 +252,7 @@ class PolicyPusher:
         final = parent / f"v{version:08d}"
         scratch = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=parent))
         if self.mode == "adapter":
-            model.save_pretrained(scratch)
+            model.save_pretrained(scratch, selected_adapters=["default"])
         else:
             full = copy.deepcopy(model).merge_and_unload() if _is_peft(model) else model
             full.save_pretrained(scratch, safe_serialization=True)
@@ -328,9 +329,16 @@ class PolicySyncCallback(TrainerCallback):
     version on the service at train begin (see the module docstring)."""
 
     def __init__(
-        self, pusher: PolicyPusher, *, every: int, max_refusals: int, wait_ready_s: float
+        self,
+        pusher: PolicyPusher,
+        *,
+        every: int,
+        max_refusals: int,
+        wait_ready_s: float,
+        push_at_start: bool = False,
     ) -> None:
         self.pusher = pusher
+        self.push_at_start = push_at_start
         self.every = every
         self.max_refusals = max_refusals
         self.wait_ready_s = wait_ready_s
@@ -342,7 +350,8 @@ class PolicySyncCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         served = self.pusher.client.wait_ready(self.wait_ready_s)
-        if served.version == state.global_step and state.global_step == 0:
+        fresh = served.version == state.global_step == 0
+        if fresh and not self.push_at_start:
             self.pushed_version = 0  # a fresh service and a fresh trainer: nothing to send
             return
         log.info(
@@ -402,8 +411,9 @@ class PolicySyncCallback(TrainerCallback):
             raise error
 
 
-def build_callback(config) -> PolicySyncCallback:
-    """The callback for the trainer's ``policy_sync`` section (``PolicySyncConfig``)."""
+def build_callback(config, *, push_at_start: bool = False) -> PolicySyncCallback:
+    """The callback for the trainer's ``policy_sync`` section (``PolicySyncConfig``);
+    ``push_at_start``: the policy is not what the service loaded (GRPO after the SFT stage)."""
     api_key = None
     if config.api_key_env:
         api_key = os.environ.get(config.api_key_env)
@@ -420,4 +430,5 @@ def build_callback(config) -> PolicySyncCallback:
         every=config.sync_every_steps,
         max_refusals=config.max_consecutive_refusals,
         wait_ready_s=config.wait_ready_s,
+        push_at_start=push_at_start,
     )

@@ -143,6 +143,8 @@ class StepLine(ProgressCallback):
             ("loss", self.metrics.loss),
             ("kl", self.metrics.kl),
             ("grad_norm", self.metrics.grad_norm),
+            ("replay_nll", self.metrics.replay_nll),
+            ("replay_pool", self.metrics.replay_pool),
         ):
             if isinstance(logs.get(key), (int, float)):
                 gauge.set(logs[key])
@@ -156,6 +158,12 @@ class StepLine(ProgressCallback):
             f"invalid {s.invalid_rate:.2f} | rollout {s.seconds:.1f}s "
             f"({s.episodes_per_second:.2f} ep/s) | update {self.update_seconds:.1f}s | "
             f"loss {logs.get('loss', 0.0):.4f} | kl {logs.get('kl', 0.0):.4f}"
+            + (
+                f" | replay {logs['replay_samples']:.0f} of {logs.get('replay_pool', 0):.0f} "
+                f"(nll {logs.get('replay_nll', 0.0):.3f})"
+                if "replay_samples" in logs
+                else ""
+            )
             + (f" | dropped {s.dropped} retries {s.infra_retries}" if s.infra_retries else "")
             + (f" | {s.task_summary()}" if s.by_task else "")
             + f" | eta {self._eta(state)}"

@@ -109,6 +109,14 @@ class PromptBuilder:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def reply_ids(self, action: str) -> list[int]:
+        """An action as the policy writes its reply in this format, finished (for demonstrations):
+        one line after ``Action:`` (few-shot), or the assistant's text then end of sequence."""
+        if self.format == "fewshot":
+            return self.encode(f" {action}\n")
+        eos = self.tokenizer.eos_token_id
+        return self.encode(action) + ([eos] if isinstance(eos, int) else [])
+
     def truncate_axtree(self, axtree: str) -> str:
         """The tree (compacted if configured) cut to ``axtree_max_tokens`` policy tokens."""
         if self.compact_axtree:
@@ -165,6 +173,41 @@ class PromptBuilder:
             return self.encode(lines)
         user = self._user_turn(obs, turn=turn, max_turns=max_turns, previous_action=action)
         return self.encode(self._chat_continuation(user, completion_ids, completion_finished))
+
+    def render_episode(
+        self, goal: str, turns: Sequence[tuple[str, str, str]], max_turns: int
+    ) -> tuple[list[int], list[int], list[int]]:
+        """(prompt_ids, completion_ids, env_mask) of an episode given as (page, action, error)
+        per turn, assembled exactly as the rollout engine assembles a played one (each action
+        written as a finished reply). For episodes recorded with another tokenizer or format
+        (a teacher's): the student is then trained on its own token sequence."""
+        pages = [page for page, _, _ in turns]
+        prompt_ids = self.first_prompt(
+            BrowserObservation(goal=goal, axtree_txt=pages[0]), max_turns
+        )
+        completion: list[int] = []
+        mask: list[int] = []
+        for index, (_, action, error) in enumerate(turns):
+            reply = self.reply_ids(action)
+            completion += reply
+            mask += [1] * len(reply)
+            if index + 1 < len(turns):
+                seen = BrowserObservation(goal=goal, axtree_txt=pages[index + 1], error=error)
+                env = self.next_turn(
+                    seen,
+                    turn=index + 2,
+                    max_turns=max_turns,
+                    action=action,
+                    completion_ids=reply,
+                    completion_finished=True,
+                )
+                completion += env
+                mask += [0] * len(env)
+        eos = self.tokenizer.eos_token_id
+        if isinstance(eos, int) and completion and completion[-1] != eos:
+            completion.append(eos)  # the engine closes every episode so (masked)
+            mask.append(0)
+        return prompt_ids, completion, mask
 
     def _user_turn(
         self, obs: BrowserObservation, *, turn: int, max_turns: int, previous_action: str | None

@@ -22,11 +22,17 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from services.protocol.actions import extract_action
 from services.protocol.env import BrowserResetOptions, succeeded
-from services.trainer.env_pool import EnvInfraError, EnvPool, NoEndpointsError, TaskFailedError
+from services.trainer.env_pool import (
+    EnvInfraError,
+    EnvPool,
+    EnvSession,
+    NoEndpointsError,
+    TaskFailedError,
+)
 from services.trainer.generation.base import (
     Generation,
     GenerationBackend,
@@ -173,6 +179,12 @@ class GenerationBatcher:
     def _waiting(self) -> int:
         return sum(len(q) for q in self._pending.values())
 
+    async def reply(
+        self, context: list[int], params: SamplingParams, session: EnvSession
+    ) -> Generation:
+        """The policy's reply to an episode's context (``session`` unused: the model answers)."""
+        return await self.generate(context, params)
+
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Generation] = loop.create_future()
@@ -221,13 +233,51 @@ class GenerationBatcher:
             self._launch()  # what queued while this batch ran goes now, together
 
 
+class Demonstrator:
+    """Replies with the task family's scripted action instead of the policy's (demonstrations).
+
+    The env pod's solver reads the real page and names the next action; it is written into the
+    episode as the policy would have written it (the prompt format's reply tokens), so the token
+    sequence is the one the policy will be trained on. None from the pod ends the episode.
+    """
+
+    def __init__(self, prompts: PromptBuilder) -> None:
+        self.prompts = prompts
+
+    def episode_started(self) -> None: ...
+
+    def episode_ended(self) -> None: ...
+
+    async def reply(
+        self, context: list[int], params: SamplingParams, session: EnvSession
+    ) -> Generation | None:
+        action = await session.demonstrate()
+        if action is None:
+            return None
+        ids = self.prompts.reply_ids(action)
+        return Generation(ids, [0.0] * len(ids), action, policy_version=0, finish_reason="stop")
+
+
+class Replies(Protocol):
+    """Who answers each turn: the policy (``GenerationBatcher``) or a ``Demonstrator``."""
+
+    def episode_started(self) -> None: ...
+
+    def episode_ended(self) -> None: ...
+
+    async def reply(
+        self, context: list[int], params: SamplingParams, session: EnvSession
+    ) -> Generation | None:
+        """The next reply to an episode's token context (None: no reply, the episode ends)."""
+
+
 class RolloutEngine:
-    """Plays episodes concurrently over an ``EnvPool`` with one generation backend."""
+    """Plays episodes concurrently over an ``EnvPool``; ``replies`` answers each turn."""
 
     def __init__(
         self,
         pool: EnvPool,
-        batcher: GenerationBatcher,
+        replies: Replies,
         prompts: PromptBuilder,
         *,
         sampling: SamplingParams,
@@ -239,7 +289,7 @@ class RolloutEngine:
         generation_backoff_s: float = GENERATION_RETRY_BACKOFF_S,
     ) -> None:
         self.pool = pool
-        self.batcher = batcher
+        self.replies = replies
         self.prompts = prompts
         self.sampling = sampling
         self._max_turns = max_turns
@@ -312,11 +362,11 @@ class RolloutEngine:
         # The env ends the episode at the same cap (counted as truncated, not abandoned).
         options = BrowserResetOptions(task=request.task, seed=request.seed, max_steps=max_turns)
         async with self.pool.session(options, avoid=avoid) as session:
-            self.batcher.episode_started()
+            self.replies.episode_started()
             try:
                 return await self._turns(request, session, max_turns)
             finally:
-                self.batcher.episode_ended()
+                self.replies.episode_ended()
 
     async def _turns(self, request: EpisodeRequest, session, max_turns: int) -> Episode:
         """The turns of one episode on an open session."""
@@ -324,7 +374,10 @@ class RolloutEngine:
         ep = Episode(task=request.task, seed=request.seed, endpoint=session.endpoint, goal=obs.goal)
         ep.prompt_ids = self.prompts.first_prompt(obs, max_turns)
         for turn in range(1, max_turns + 1):
-            gen = await self.batcher.generate(ep.prompt_ids + ep.completion_ids, self.sampling)
+            context = ep.prompt_ids + ep.completion_ids
+            gen = await self.replies.reply(context, self.sampling, session)
+            if gen is None:  # the demonstrator has no action for this page: a failed episode
+                break
             start = len(ep.completion_ids)
             self._append(ep, gen.token_ids, gen.logprobs, model=True)
             ep.generated_tokens += len(gen.token_ids)

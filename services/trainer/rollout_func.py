@@ -23,6 +23,7 @@ from services.trainer.episode_log import EpisodeLog
 from services.trainer.generation.base import wait_until_ready
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.progress import StepStats
+from services.trainer.replay import ReplayBuffer
 from services.trainer.rollout import Episode, EpisodeRequest
 from services.trainer.stack import RolloutStack
 from services.trainer.trajectories import TrajectoryWriter
@@ -49,12 +50,14 @@ class BrowserRollout:
         curriculum: Curriculum,
         metrics: TrainerMetrics,
         eos_id: int,
+        replay: ReplayBuffer | None = None,
     ) -> None:
         self.cfg = cfg
         self.stack = stack
         self.curriculum = curriculum
         self.metrics = metrics
         self.eos_id = eos_id
+        self.replay = replay
         self.last = StepStats()
         self.episode_log = (
             EpisodeLog(cfg.run.output_dir / "episodes.jsonl") if cfg.run.log_episodes else None
@@ -82,6 +85,10 @@ class BrowserRollout:
         if self.trajectories is not None:
             self.trajectories.add(self.stack.records(episodes, "training", step))
             self.trajectories.flush()
+        if self.replay is not None:
+            self.replay.add(
+                self.stack.records([e for e in episodes if e.success], "training", step)
+            )
         return to_trl_batch(prompts, episodes, self.eos_id, self.cfg.tasks.turns_for)
 
     def play_some(self, requests: list[EpisodeRequest]) -> list[Episode]:

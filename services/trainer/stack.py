@@ -27,9 +27,11 @@ from services.trainer.env_pool import EnvPool
 from services.trainer.generation.base import GenerationBackend, SamplingParams, wait_until_ready
 from services.trainer.prompts import PromptBuilder
 from services.trainer.rollout import (
+    Demonstrator,
     Episode,
     EpisodeRequest,
     GenerationBatcher,
+    Replies,
     RolloutEngine,
     RolloutObserver,
 )
@@ -108,19 +110,23 @@ class RolloutStack:
         self,
         cfg: TrainerConfig,
         tokenizer: Any,
-        backend: GenerationBackend,
+        backend: GenerationBackend | None,
         discovery: Discovery,
         *,
         protocol: ProtocolFactory = RolloutProtocol.training,
         observer: RolloutObserver | None = None,
         policy_name: str | None = None,
+        demonstrate: bool = False,
     ) -> None:
+        """``backend`` generates the policy's replies; with ``demonstrate`` the env pods' scripted
+        solvers answer instead (``backend`` may then be None)."""
         self.cfg = cfg
         self.backend = backend
         self.discovery = discovery
         self.prompts = PromptBuilder.from_config(tokenizer, cfg)
         self.policy_name = policy_name or cfg.model.source
         self.protocol = protocol(cfg, self.prompts)
+        self.demonstrate = demonstrate
         self.loop = EventLoopThread()
         self._watch: Future | None = None
         try:
@@ -130,22 +136,14 @@ class RolloutStack:
             raise
 
     async def _build(self, observer: RolloutObserver | None) -> RolloutEngine:
-        env, gen = self.cfg.env, self.cfg.generation
-        remote = self.cfg.generation.backend.type == "remote"
-        await wait_until_ready(self.backend)
+        env = self.cfg.env
         pool = EnvPool.from_config(env)
         pool.set_endpoints(await self.discovery.current())
         log.info("env endpoints: %s", ", ".join(pool.endpoints) or "none yet")
         self._watch = asyncio.ensure_future(self.discovery.watch(pool.set_endpoints))
-        batcher = GenerationBatcher(
-            self.backend,
-            max_batch_size=gen.max_batch_size,
-            wait_s=gen.batch_wait_ms / 1000,
-            concurrency=self.cfg.generation.backend.max_concurrency if remote else 1,
-        )
         return RolloutEngine(
             pool,
-            batcher,
+            await self._replies(),
             self.prompts,
             sampling=self.protocol.sampling,
             max_turns=self.protocol.max_turns,
@@ -153,6 +151,22 @@ class RolloutStack:
             max_completion_tokens=self.protocol.max_completion_tokens,
             max_infra_retries=env.max_infra_retries,
             observer=observer,
+        )
+
+    async def _replies(self) -> Replies:
+        """The env pods' solvers (demonstrations) or the policy behind the backend, batched."""
+        if self.demonstrate:
+            return Demonstrator(self.prompts)
+        if self.backend is None:
+            raise ValueError("a rollout stack without demonstrations needs a generation backend")
+        await wait_until_ready(self.backend)
+        gen = self.cfg.generation
+        remote = gen.backend.type == "remote"
+        return GenerationBatcher(
+            self.backend,
+            max_batch_size=gen.max_batch_size,
+            wait_s=gen.batch_wait_ms / 1000,
+            concurrency=gen.backend.max_concurrency if remote else 1,
         )
 
     @property
@@ -170,6 +184,7 @@ class RolloutStack:
                 policy=self.policy_name,
                 tokenizer=self.prompts.tokenizer.name_or_path,
                 prompt_format=self.prompts.format,
+                max_turns=self.protocol.max_turns(e.task),
                 policy_version=policy_version,
             )
             for e in episodes
@@ -199,6 +214,7 @@ class RolloutStack:
             if self._watch is not None:
                 self.loop.loop.call_soon_threadsafe(self._watch.cancel)
             self.loop.run(self.engine.pool.aclose(), timeout=10)
-            self.loop.run(self.backend.close(), timeout=10)
+            if self.backend is not None:
+                self.loop.run(self.backend.close(), timeout=10)
         finally:
             self.loop.close()

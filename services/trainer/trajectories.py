@@ -26,6 +26,7 @@ def to_record(
     policy: str,
     tokenizer: str,
     prompt_format: str,
+    max_turns: int,
     policy_version: int | None = None,
 ) -> Trajectory:
     """The record of a played (not dropped) episode."""
@@ -40,6 +41,7 @@ def to_record(
         policy_version=policy_version,
         tokenizer=tokenizer,
         prompt_format=prompt_format,
+        max_turns=max_turns,
         prompt_ids=episode.prompt_ids,
         completion_ids=episode.completion_ids,
         env_mask=episode.env_mask,

@@ -380,7 +380,7 @@ BAD_VALUES = [
     ({"inference": {"weightTransfer": {"mode": "sharedVolume"}}}, "/policyVolume/enabled"),
     ({"trainer": {"gpus": -1}}, "/trainer/gpus"),
     ({"trainer": {"config": {"grpo": {"max_stepz": 3}}}}, "additional properties 'max_stepz'"),
-    ({"trainer": {"config": {"grpo": {"max_steps": 0}}}}, "/trainer/config/grpo/max_steps"),
+    ({"trainer": {"config": {"grpo": {"max_steps": -1}}}}, "/trainer/config/grpo/max_steps"),
     ({"trainer": {"config": {"lora": {"r": "big"}}}}, "/trainer/config/lora/r"),
     ({"trainer": {"config": {"generation": {"backend": "tpu"}}}}, "/trainer/config/generation"),
     ({"monitoring": {"podMonitors": {"interval": "soon"}}}, "/monitoring/podMonitors/interval"),

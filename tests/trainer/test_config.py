@@ -32,6 +32,7 @@ def test_shipped_configs_exist():
         "lfm2_350m.yaml",
         "lfm2_350m_lora.yaml",
         "lfm2_350m_book_flight.yaml",
+        "lfm2_350m_sft_grpo.yaml",
     } <= names
 
 
@@ -71,6 +72,13 @@ def _with(**changes):
         ({"generation__backend": {"type": "tpu"}}, r"generation\.backend: Input tag 'tpu'"),
         ({"rewards": [{"type": "vibes"}]}, r"rewards\.0: Input tag 'vibes'"),
         ({"policy_sync__transprt": "upload"}, r"policy_sync\.transprt: unknown key"),
+        ({"replay__min_prob": 0.9, "replay__max_prob": 0.5}, r"replay band: min_prob 0.9 >="),
+        ({"demos__source": "teacher"}, r"demos\.source teacher needs demos\.teacher"),
+        ({"demos__seed_start": 1_000_010}, r"demonstration seeds .* overlap the eval seeds"),
+        (
+            {"sft__enabled": True, "policy_sync__enabled": True},
+            r"sft\.enabled with policy_sync\.mode adapter: .* use policy_sync\.mode full",
+        ),
     ],
 )
 def test_bad_config_fails_with_a_clear_message(changes, message):
@@ -158,5 +166,5 @@ def test_cli_overrides_are_validated_too(tmp_path, capsys):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(MINIMAL))
     assert main(["check", "--config", str(path), "--set", "grpo.max_steps=2"]) == 0
-    assert main(["check", "--config", str(path), "--set", "grpo.max_steps=0"]) == 2
+    assert main(["check", "--config", str(path), "--set", "grpo.max_steps=-1"]) == 2
     assert "grpo.max_steps" in capsys.readouterr().err

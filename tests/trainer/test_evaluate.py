@@ -178,7 +178,8 @@ def _report(label: str, rates: dict[str, tuple[int, int]]) -> PolicyReport:
 
 
 def test_markdown_puts_policies_side_by_side_with_the_change():
-    settings = EvalSettings.of(eval_config(tasks=["click-test", "focus-text"], seeds_per_task=4))
+    both = ("click-test", "focus-text")
+    settings = EvalSettings.of(eval_config(train=both, tasks=list(both), seeds_per_task=4))
     base = _report("base", {"click-test": (3, 4), "focus-text": (0, 4)})
     trained = _report("trained", {"click-test": (4, 4), "focus-text": (2, 4)})
     table = render_markdown([base, trained], settings)
@@ -186,6 +187,18 @@ def test_markdown_puts_policies_side_by_side_with_the_change():
     assert "| focus-text | 0.00 (0/4) | 0.50 (2/4) | +0.50 |" in table
     assert "| **mean over tasks** | **0.375** | **0.750** | +0.375 |" in table
     assert "GPT-4o 0.656" in table and "greedy" in table
+
+
+def test_held_out_tasks_are_marked_and_averaged_apart():
+    cfg = eval_config(tasks=["click-test", "focus-text"], seeds_per_task=4)
+    settings = EvalSettings.of(cfg)
+    assert settings.trained_tasks == ("click-test",) and settings.held_out_tasks == ("focus-text",)
+    base = _report("base", {"click-test": (1, 4), "focus-text": (2, 4)})
+    trained = _report("trained", {"click-test": (4, 4), "focus-text": (1, 4)})
+    table = render_markdown([base, trained], settings)
+    assert "| focus-text (held out) | 0.50 (2/4) | 0.25 (1/4) | -0.25 |" in table
+    assert "| **mean, trained tasks** | **0.250** | **1.000** | +0.750 |" in table
+    assert "| **mean, held-out tasks** | **0.500** | **0.250** | -0.250 |" in table
 
 
 def test_cli_rejects_bad_input_before_loading_anything(tmp_path, capsys):
@@ -286,8 +299,8 @@ def test_evaluation_and_training_build_one_rollout_stack_from_one_config(tiny_mo
         train, evaluation = (stacks["train"].engine, stacks["eval"].engine)
         for engine in (train, evaluation):
             assert engine.max_infra_retries == 9
-            assert engine.batcher.wait_s == pytest.approx(0.123)
-            assert engine.batcher.max_batch_size == 5
+            assert engine.replies.wait_s == pytest.approx(0.123)
+            assert engine.replies.max_batch_size == 5
             client = engine.pool._client_factory("http://unused:1")
             assert (client.message_timeout_s, client.connect_timeout_s) == (7.5, 4.0)
         assert (train.sampling.temperature, evaluation.sampling.temperature) == (0.9, 0.0)
@@ -298,38 +311,25 @@ def test_evaluation_and_training_build_one_rollout_stack_from_one_config(tiny_mo
 
 
 @pytest.mark.chromium
-async def test_evaluation_through_a_remote_generation_server(env_urls, tiny_model, tmp_path):
+async def test_evaluation_through_a_remote_generation_server(
+    env_urls, tiny_model, fake_server, tmp_path
+):
     """Any backend evaluates: here an OpenAI-compatible server (the role vLLM plays) answers with
     token ids; the episodes, seeds and scores are the harness's own."""
     import asyncio
 
-    from aiohttp import web
-
-    from tests.trainer.test_remote import FakeOpenAI
-
-    fake = FakeOpenAI()
-    app = web.Application()
-    app.router.add_get("/v1/models", fake.models)
-    app.router.add_post("/v1/completions", fake.completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    try:
-        cfg = eval_config(tiny_model, env_urls, tasks=["click-test"], seeds_per_task=2)
-        cfg = cfg.model_copy(
-            update={
-                "generation": cfg.generation.model_copy(
-                    update={"backend": RemoteBackendConfig(base_url=url, model="policy")}
-                )
-            }
-        )
-        report = await asyncio.to_thread(
-            evaluate_policy, cfg, PolicySpec("served", str(tiny_model)), StaticDiscovery(env_urls)
-        )
-    finally:
-        await runner.cleanup()
+    fake, url = fake_server
+    cfg = eval_config(tiny_model, env_urls, tasks=["click-test"], seeds_per_task=2)
+    cfg = cfg.model_copy(
+        update={
+            "generation": cfg.generation.model_copy(
+                update={"backend": RemoteBackendConfig(base_url=url, model="policy")}
+            )
+        }
+    )
+    report = await asyncio.to_thread(
+        evaluate_policy, cfg, PolicySpec("served", str(tiny_model)), StaticDiscovery(env_urls)
+    )
     score = report.scores["click-test"]
     assert (score.episodes, score.successes) == (2, 2)  # the server always answers click('13')
     assert all(r["temperature"] == 0.0 and r["prompt"][:1] for r in fake.requests)

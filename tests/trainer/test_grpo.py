@@ -126,7 +126,7 @@ def test_killing_an_env_pod_mid_rollout_loses_no_training_step(
         model=AutoModelForCausalLM.from_pretrained(tiny_chat_model),
         tokenizer=AutoTokenizer.from_pretrained(tiny_chat_model),
     )
-    batcher = training.stack.engine.batcher
+    batcher = training.stack.engine.replies
     real_backend = batcher.backend
     victim = doomed_pods[0]
 

@@ -191,6 +191,24 @@ def test_a_resumed_trainer_takes_the_service_back_to_its_own_version(service, pe
     assert service.manager.status().version == 6 and resumed.refusals == 0
 
 
+def test_grpo_after_sft_sends_its_starting_policy_the_service_never_loaded(
+    service, peft_model, tmp_path
+):
+    """A fresh trainer on a fresh service normally sends nothing at step 0; after the SFT stage
+    the starting weights are not the ones the service loaded, so they go first (version 0)."""
+    config = PolicySyncConfig(
+        enabled=True, base_url=service.url, mode="full", shared_dir=tmp_path / "s"
+    )
+    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    build_callback(config).on_train_begin(args=None, state=state, control=None, model=peft_model)
+    assert not service.engine.calls
+    after_sft = build_callback(config, push_at_start=True)
+    after_sft.on_train_begin(args=None, state=state, control=None, model=peft_model)
+    reload = [call for call in service.engine.calls if call[0] == "reload_weights"]
+    assert [Path(call[1]).name for call in reload] == ["v00000000"]
+    assert service.manager.status().kind == "full" and after_sft.pushed_version == 0
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -8,7 +8,6 @@ in both forms servers use, and fails clearly (as an infrastructure error) otherw
 from __future__ import annotations
 
 import pytest
-from aiohttp import web
 
 from services.trainer.generation.base import (
     GenerationError,
@@ -16,59 +15,6 @@ from services.trainer.generation.base import (
     SamplingParams,
 )
 from services.trainer.generation.remote import RemoteBackend
-
-
-class FakeOpenAI:
-    """Echoes the prompt's last ids + 1 as completion; ``mode`` picks the reply form."""
-
-    def __init__(self) -> None:
-        self.mode = "token_ids"
-        self.requests: list[dict] = []
-
-    async def models(self, request: web.Request) -> web.Response:
-        if request.headers.get("Authorization", "Bearer ok") != "Bearer ok":
-            return web.json_response({"error": {"message": "Unauthorized"}}, status=401)
-        return web.json_response({"object": "list", "data": [{"id": "policy", "object": "model"}]})
-
-    async def completions(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        self.requests.append(body)
-        if self.mode == "error":
-            return web.json_response({"error": {"message": "engine dead"}}, status=500)
-        if self.mode == "too_long":
-            message = "maximum context length is 512 tokens, your prompt contains 922"
-            return web.json_response({"error": {"message": message}}, status=400)
-        ids = [i + 1 for i in body["prompt"][-3:]]
-        logprobs = [-0.1 * (k + 1) for k in range(len(ids))]
-        choice = {"index": 0, "text": "click('13')", "finish_reason": "stop"}
-        if self.mode == "token_ids":
-            choice["token_ids"] = ids
-            choice["logprobs"] = {"tokens": ["a"] * len(ids), "token_logprobs": logprobs}
-        elif self.mode == "tokens_as_ids":
-            tokens = [f"token_id:{i}" for i in ids]
-            choice["logprobs"] = {"tokens": tokens, "token_logprobs": logprobs}
-        elif self.mode == "text_only":
-            choice["logprobs"] = {"tokens": ["cl", "ick"], "token_logprobs": logprobs}
-        return web.json_response(
-            {"id": "x", "object": "text_completion", "choices": [choice]},
-            headers={"x-policy-version": "12"},
-        )
-
-
-@pytest.fixture
-async def fake_server():
-    fake = FakeOpenAI()
-    app = web.Application()
-    app.router.add_get("/v1/models", fake.models)
-    app.router.add_post("/v1/completions", fake.completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield fake, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
-
 
 PARAMS = SamplingParams(max_new_tokens=8, temperature=0.7, top_p=0.9, stop=("\n",))
 

@@ -46,7 +46,7 @@ async def test_scripted_policy_gets_reward_one_on_click_test(
     # (A loaded machine may time a click out; the policy then clicks again: turns can be 2.)
     assert all(e.success and e.invalid_actions == 0 for e in episodes)
     assert {e.endpoint for e in episodes} == set(env_pods)  # spread over both pods
-    assert sum(engine.batcher.batch_sizes) == 4  # one generated turn per episode
+    assert sum(engine.replies.batch_sizes) == 4  # one generated turn per episode
 
 
 async def test_multi_turn_tokens_mask_and_logprobs_are_kept_exactly(

@@ -60,7 +60,7 @@ def test_shards_are_whole_a_crash_loses_only_unflushed_records_and_datasets_load
 
     record = Trajectory(
         task="click-test", seed=1, source="scripted", policy="rules", tokenizer="t",
-        prompt_format="fewshot", prompt_ids=[1, 2], completion_ids=[3, 4, 5],
+        prompt_format="fewshot", max_turns=3, prompt_ids=[1, 2], completion_ids=[3, 4, 5],
         env_mask=[1, 1, 0], logprobs=[0.0, 0.0, 0.0],
         turns=[{"observation": "[13] button", "action": "click('13')", "start": 0, "end": 2}],
         reward=1.0, outcome="success",

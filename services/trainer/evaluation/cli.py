@@ -19,7 +19,7 @@ from typing import Any
 
 from services.trainer.config import ConfigError, TrainerConfig, load_config, parse_override
 from services.trainer.envs import env_pods
-from services.trainer.evaluation.report import EvalError, EvalSettings, PolicyReport, load_reports
+from services.trainer.evaluation.report import EvalError, EvalSettings, base_report
 from services.trainer.evaluation.run import compare
 from services.trainer.loading import PolicyLoadError, PolicySpec, find_checkpoint, trained_spec
 
@@ -116,31 +116,11 @@ def policies_from_args(args: argparse.Namespace, cfg: TrainerConfig) -> list[Pol
     return specs
 
 
-def previous_base(path: str, settings: EvalSettings) -> PolicyReport:
-    """The base report of an earlier ``eval.json``, if it was measured the same way."""
-    previous_settings, reports = load_reports(path)
-    same = {
-        k: previous_settings.get(k)
-        for k in ("seeds_per_task", "seed_start", "max_turns", "temperature")
-    }
-    wanted = {k: getattr(settings, k) for k in same}
-    if same != wanted or not set(settings.tasks) <= set(previous_settings.get("tasks", [])):
-        raise EvalError(
-            f"{path} was measured with other settings ({same}, tasks "
-            f"{previous_settings.get('tasks')}); it cannot stand beside this run ({wanted})"
-        )
-    base = next((r for r in reports if r.label == "base"), reports[0])
-    base.scores = {t: base.scores[t] for t in settings.tasks if t in base.scores}
-    return base
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the ``eval`` command; returns the exit status."""
     try:
         cfg = config_from_args(args)
-        before = (
-            previous_base(args.base_results, EvalSettings.of(cfg)) if args.base_results else None
-        )
+        before = base_report(args.base_results, EvalSettings.of(cfg)) if args.base_results else None
         policies = policies_from_args(args, cfg)
     except (EvalError, ConfigError, PolicyLoadError) as exc:
         print(f"eval: {exc}", file=sys.stderr)

@@ -42,6 +42,8 @@ class EvalSettings:
     max_turns: int
     temperature: float
     max_new_tokens: int
+    trained_tasks: tuple[str, ...] = ()
+    """The run's training tasks: the others in ``tasks`` are held-out tasks, reported apart."""
 
     @classmethod
     def of(cls, cfg) -> EvalSettings:
@@ -53,7 +55,15 @@ class EvalSettings:
             max_turns=ev.max_turns,
             temperature=ev.temperature,
             max_new_tokens=cfg.generation.max_new_tokens,
+            trained_tasks=tuple(cfg.tasks.names),
         )
+
+    @property
+    def held_out_tasks(self) -> tuple[str, ...]:
+        """Evaluated tasks the policy never trained on (none when nothing says what it trained)."""
+        if not self.trained_tasks:
+            return ()
+        return tuple(t for t in self.tasks if t not in self.trained_tasks)
 
     @property
     def seeds(self) -> list[int]:
@@ -101,7 +111,12 @@ class PolicyReport:
 
     @property
     def mean_success(self) -> float | None:
-        rates = [s.success_rate for s in self.scores.values() if s.success_rate is not None]
+        return self.mean_over(self.scores)
+
+    def mean_over(self, tasks: Sequence[str]) -> float | None:
+        """Mean success rate over ``tasks`` (those measured)."""
+        scores = [self.scores.get(t) for t in tasks]
+        rates = [s.success_rate for s in scores if s is not None and s.success_rate is not None]
         return sum(rates) / len(rates) if rates else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,18 +184,25 @@ def render_markdown(reports: Sequence[PolicyReport], settings: EvalSettings) -> 
     delta = len(reports) == 2
     header = ["task", *(r.label for r in reports)] + (["change"] if delta else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    held_out = settings.held_out_tasks
+    trained = [t for t in settings.tasks if t not in held_out]
     for task in settings.tasks:
-        row = [task, *(_cell(r.scores.get(task)) for r in reports)]
+        name = f"{task} (held out)" if task in held_out else task
+        row = [name, *(_cell(r.scores.get(task)) for r in reports)]
         if delta:
             a, b = (r.scores.get(task) for r in reports)
             rates = [s.success_rate if s else None for s in (a, b)]
             row.append("n/a" if None in rates else f"{rates[1] - rates[0]:+.2f}")
         lines.append("| " + " | ".join(row) + " |")
-    means = [r.mean_success for r in reports]
-    row = ["**mean over tasks**", *("n/a" if m is None else f"**{m:.3f}**" for m in means)]
-    if delta:
-        row.append("n/a" if None in means else f"{means[1] - means[0]:+.3f}")
-    lines.append("| " + " | ".join(row) + " |")
+    groups = [("mean over tasks", settings.tasks)]
+    if held_out:
+        groups = [("mean, trained tasks", trained), ("mean, held-out tasks", held_out)]
+    for title, tasks in groups:
+        means = [r.mean_over(tasks) for r in reports]
+        row = [f"**{title}**", *("n/a" if m is None else f"**{m:.3f}**" for m in means)]
+        if delta:
+            row.append("n/a" if None in means else f"{means[1] - means[0]:+.3f}")
+        lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines.append(
         "Wall time: " + ", ".join(f"{r.label} {r.wall_s:.0f} s" for r in reports) + ". "
@@ -227,3 +249,21 @@ def load_reports(path: str | Path) -> tuple[dict[str, Any], list[PolicyReport]]:
         return data["settings"], [PolicyReport.from_dict(r) for r in data["reports"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise EvalError(f"{path}: not a readable eval.json ({exc})") from exc
+
+
+def base_report(path: str | Path, settings: EvalSettings) -> PolicyReport:
+    """The base report of an earlier ``eval.json``, if it was measured the same way."""
+    previous_settings, reports = load_reports(path)
+    same = {
+        k: previous_settings.get(k)
+        for k in ("seeds_per_task", "seed_start", "max_turns", "temperature")
+    }
+    wanted = {k: getattr(settings, k) for k in same}
+    if same != wanted or not set(settings.tasks) <= set(previous_settings.get("tasks", [])):
+        raise EvalError(
+            f"{path} was measured with other settings ({same}, tasks "
+            f"{previous_settings.get('tasks')}); it cannot stand beside this run ({wanted})"
+        )
+    base = next((r for r in reports if r.label == "base"), reports[0])
+    base.scores = {t: base.scores[t] for t in settings.tasks if t in base.scores}
+    return base

@@ -1,0 +1,99 @@
+"""``train``: the stages of a run, each optional, in order: demonstrations → SFT → GRPO → eval.
+
+- demonstrations (``demos``): generated when the SFT stage needs data and ``sft.datasets`` names
+  none and the demos folder holds none yet;
+- SFT (``sft.enabled``): the warm-up, whose merged model is where GRPO starts;
+- GRPO (``grpo.max_steps > 0``);
+- evaluation (``eval.after_training``): the base model (``model.source``) beside the final policy
+  on held-out seeds.
+Env pods (local ones started here, or discovered) serve every stage.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import time
+from pathlib import Path
+
+import yaml
+
+from services.trainer.config import TrainerConfig, dump_config
+from services.trainer.envs import EnvPods, env_pods
+from services.trainer.metrics import TrainerMetrics, serve
+
+log = logging.getLogger("services.trainer")
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+def sft_data(cfg: TrainerConfig, pods: EnvPods) -> list[Path]:
+    """The SFT stage's trajectories: the configured datasets, or the demos (made if missing)."""
+    if not cfg.sft.datasets and not any(cfg.demos_folder.glob("part-*.jsonl")):
+        from services.trainer.demos import generate_demos
+
+        generate_demos(cfg, pods)
+    return cfg.sft_sources
+
+
+def grpo(cfg: TrainerConfig, pods: EnvPods, metrics: TrainerMetrics) -> Path | None:
+    """The GRPO stage; its final policy (None: stopped by SIGTERM, checkpoint saved)."""
+    from services.trainer.grpo import build_training, run_training
+
+    training = build_training(cfg, pods.discovery(), metrics=metrics)
+    training.graceful_stop.install()
+    try:
+        return run_training(training, cfg)
+    finally:
+        training.close()
+
+
+def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
+    """Every configured stage; the process exit status."""
+    out = cfg.run.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+    metrics = TrainerMetrics()
+    if cfg.metrics.port is not None:
+        port = serve(metrics, cfg.metrics.port, cfg.metrics.host)
+        log.info("metrics at http://%s:%d/metrics", cfg.metrics.host, port)
+    started = time.monotonic()
+    with env_pods(cfg) as pods:
+        start = cfg
+        final = None
+        if cfg.sft.enabled:
+            from services.trainer.sft import run_sft
+
+            final = run_sft(cfg, sft_data(cfg, pods))
+            log.info("SFT done after %.0f s; model in %s", time.monotonic() - started, final)
+            start = cfg.model_copy(
+                update={"model": cfg.model.model_copy(update={"source": str(final)})}
+            )
+            gc.collect()
+        if cfg.grpo.max_steps > 0:
+            final = grpo(start, pods, metrics)
+            if final is None:
+                log.info("stopped by SIGTERM: the checkpoint is saved, the next start resumes")
+                return EXIT_TERMINATED
+            log.info("training done after %.0f s; policy in %s", time.monotonic() - started, final)
+        gc.collect()
+        if final is not None and evaluate_after and cfg.eval.after_training:
+            evaluate(cfg, start.model.source, final, pods)
+    log.info("total wall time %.0f s", time.monotonic() - started)
+    return 0
+
+
+def evaluate(cfg: TrainerConfig, trained_on: str, final: Path, pods: EnvPods) -> None:
+    """The base model beside the final policy (an adapter goes on the model it was trained on);
+    the base report is reused from ``eval.base_results`` when given."""
+    from services.trainer.evaluation.report import EvalSettings, base_report
+    from services.trainer.evaluation.run import compare
+    from services.trainer.loading import PolicySpec, trained_spec
+
+    before = None
+    policies = [PolicySpec("base", cfg.model.source), trained_spec(final, trained_on)]
+    if cfg.eval.base_results is not None:
+        before = base_report(cfg.eval.base_results, EvalSettings.of(cfg))
+        policies = policies[1:]
+    _, md_path = compare(cfg, policies, pods, cfg.run.output_dir / "eval", before=before)
+    print(md_path.read_text(), flush=True)
