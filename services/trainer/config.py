@@ -94,6 +94,14 @@ class RunConfig(_Section):
             "if max_steps were reached (checkpoint, final/, evaluation). None: no budget."
         ),
     )
+    expected_minutes: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "What this config took end to end where it was measured (printed at the start, "
+            "beside the plan of stages; the budget itself is in steps)."
+        ),
+    )
     log_episodes: bool = Field(
         True,
         description=(
@@ -314,6 +322,14 @@ class LocalBackendConfig(_Section):
     """The model being trained samples in this process (CPU and small runs)."""
 
     type: Literal["local"] = "local"
+    prefix_cache_tokens: int = Field(
+        65536,
+        ge=0,
+        description=(
+            "Tokens of KV cache kept between an episode's turns, so a turn prefills only its new "
+            "tokens (0: off, every turn re-reads the whole episode). Gemma-3-270M: ~37 KB a token."
+        ),
+    )
 
 
 class RemoteBackendConfig(_Section):

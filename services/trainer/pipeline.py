@@ -58,6 +58,7 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
         port = serve(metrics, cfg.metrics.port, cfg.metrics.host)
         log.info("metrics at http://%s:%d/metrics", cfg.metrics.host, port)
     started = time.monotonic()
+    log.info("plan: %s", plan(cfg, evaluate_after))
     with env_pods(cfg) as pods:
         start = cfg
         final = None
@@ -81,6 +82,37 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
             evaluate(cfg, start.model.source, final, pods)
     log.info("total wall time %.0f s", time.monotonic() - started)
     return 0
+
+
+def plan(cfg: TrainerConfig, evaluate_after: bool) -> str:
+    """The stages this config will run, with their budgets (and the time they took elsewhere)."""
+    tasks = len(cfg.tasks.names)
+    stages = []
+    if cfg.sft.enabled:
+        if not cfg.sft.datasets:
+            d = cfg.demos
+            stages.append(f"demonstrations ({d.source}, {d.episodes_per_task} x {tasks} tasks)")
+        stages.append(f"SFT ({cfg.sft.epochs:g} epochs)")
+    g = cfg.grpo
+    if g.max_steps:
+        extras = [f"KL {g.beta:g} to the phase start"] if g.beta else []
+        extras += [f"phases of {g.phase_steps} steps"] if g.phase_steps else []
+        extras += ["replay"] if cfg.replay.enabled else []
+        episodes = g.prompts_per_step * g.num_generations
+        stages.append(
+            f"GRPO ({g.max_steps} steps x {episodes} episodes"
+            + "".join(f"; {e}" for e in extras)
+            + ")"
+        )
+    if evaluate_after and cfg.eval.after_training:
+        who = "final" if cfg.eval.base_results else "base and final"
+        stages.append(
+            f"evaluation ({who}, {len(cfg.eval_tasks)} tasks x {cfg.eval.seeds_per_task} seeds)"
+        )
+    expected = cfg.run.expected_minutes
+    return " -> ".join(stages) + (
+        f"; about {expected:.0f} min where it was measured (BENCHMARKS.md)" if expected else ""
+    )
 
 
 def evaluate(cfg: TrainerConfig, trained_on: str, final: Path, pods: EnvPods) -> None:
