@@ -130,6 +130,23 @@ TRAINER = [
         ],
     ),
     Panel(
+        "Stage, SFT loss",
+        [
+            (f"trainer_stage{{{NS}}} == 1", "{{stage}}"),
+            (f"trainer_sft_loss{{{NS}}}", "SFT loss"),
+        ],
+        description="Which stage runs (demos, sft, grpo, eval) and the SFT warm-up's loss.",
+    ),
+    Panel(
+        "Replay (WebRL)",
+        [
+            (f"trainer_replay_pool{{{NS}}}", "successes in the band"),
+            (f"trainer_replay_nll{{{NS}}}", "replayed NLL"),
+        ],
+        description="Past successes inside the probability band this phase, and the mean NLL of "
+        "the step's replayed action tokens (replay.enabled).",
+    ),
+    Panel(
         "Step time: rollout vs update",
         [(mean_of("trainer_step_seconds", "phase"), "{{phase}}")],
         unit="s",

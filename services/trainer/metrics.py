@@ -17,6 +17,8 @@ from prometheus_client import (
 
 from services.trainer.rollout import Episode, RolloutObserver
 
+STAGES = ("demos", "sft", "grpo", "eval")
+
 
 class TrainerMetrics(RolloutObserver):
     """All ``trainer_*`` series; also the rollout engine's observer."""
@@ -69,6 +71,14 @@ class TrainerMetrics(RolloutObserver):
         self.kl = Gauge(
             "trainer_kl", "KL to the reference: the phase-start policy (beta > 0).", registry=r
         )
+        self.stage = Gauge(
+            "trainer_stage",
+            "1 for the stage running now (demos, sft, grpo, eval), 0 for the others.",
+            ["stage"],
+            registry=r,
+        )
+        self.sft_loss = Gauge("trainer_sft_loss", "SFT loss of the last logged step.", registry=r)
+        self.sft_step = Gauge("trainer_sft_step", "SFT optimizer steps done.", registry=r)
         self.replay_nll = Gauge(
             "trainer_replay_nll",
             "Mean NLL of the last step's replayed action tokens (replay.enabled).",
@@ -156,6 +166,10 @@ class TrainerMetrics(RolloutObserver):
     def curriculum_weights(self, weights: dict[str, float]) -> None:
         for task, weight in weights.items():
             self.curriculum_weight.labels(task).set(weight)
+
+    def stage_started(self, stage: str) -> None:
+        for name in STAGES:
+            self.stage.labels(name).set(1 if name == stage else 0)
 
     def training_started(self, step: int) -> None:
         self.global_step.set(step)

@@ -27,11 +27,15 @@ log = logging.getLogger("services.trainer")
 EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
-def sft_data(cfg: TrainerConfig, pods: EnvPods) -> list[Path]:
+def sft_data(
+    cfg: TrainerConfig, pods: EnvPods, metrics: TrainerMetrics | None = None
+) -> list[Path]:
     """The SFT stage's trajectories: the configured datasets, or the demos (made if missing)."""
     if not cfg.sft.datasets and not any(cfg.demos_folder.glob("part-*.jsonl")):
         from services.trainer.demos import generate_demos
 
+        if metrics is not None:
+            metrics.stage_started("demos")
         generate_demos(cfg, pods)
     return cfg.sft_sources
 
@@ -65,13 +69,16 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
         if cfg.sft.enabled:
             from services.trainer.sft import run_sft
 
-            final = run_sft(cfg, sft_data(cfg, pods))
+            data = sft_data(cfg, pods, metrics)
+            metrics.stage_started("sft")
+            final = run_sft(cfg, data, metrics=metrics)
             log.info("SFT done after %.0f s; model in %s", time.monotonic() - started, final)
             start = cfg.model_copy(
                 update={"model": cfg.model.model_copy(update={"source": str(final)})}
             )
             gc.collect()
         if cfg.grpo.max_steps > 0:
+            metrics.stage_started("grpo")
             final = grpo(start, pods, metrics)
             if final is None:
                 log.info("stopped by SIGTERM: the checkpoint is saved, the next start resumes")
@@ -79,6 +86,7 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
             log.info("training done after %.0f s; policy in %s", time.monotonic() - started, final)
         gc.collect()
         if final is not None and evaluate_after and cfg.eval.after_training:
+            metrics.stage_started("eval")
             evaluate(cfg, start.model.source, final, pods)
     log.info("total wall time %.0f s", time.monotonic() - started)
     return 0

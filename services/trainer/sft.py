@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 
 from services.protocol.trajectory import Trajectory
 from services.trainer.config import TrainerConfig
+from services.trainer.metrics import TrainerMetrics
 from services.trainer.prompts import PromptBuilder
 from services.trainer.trajectories import read_trajectories
 
@@ -92,10 +93,17 @@ def sft_args(cfg: TrainerConfig):
 
 
 class SftProgress(TrainerCallback):
-    """One line per logged step: loss, accuracy on the action tokens, learning rate."""
+    """One line per logged step: loss, accuracy on the action tokens, learning rate (and the
+    loss and step on ``/metrics``)."""
+
+    def __init__(self, metrics: TrainerMetrics | None = None) -> None:
+        self.metrics = metrics
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
+            if self.metrics is not None:
+                self.metrics.sft_loss.set(logs["loss"])
+                self.metrics.sft_step.set(state.global_step)
             print(
                 f"sft step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f} | "
                 f"action-token accuracy {logs.get('mean_token_accuracy', 0.0):.3f} | "
@@ -104,7 +112,14 @@ class SftProgress(TrainerCallback):
             )
 
 
-def run_sft(cfg: TrainerConfig, datasets: list[Path], *, model=None, tokenizer=None) -> Path:
+def run_sft(
+    cfg: TrainerConfig,
+    datasets: list[Path],
+    *,
+    model=None,
+    tokenizer=None,
+    metrics: TrainerMetrics | None = None,
+) -> Path:
     """Train on ``datasets`` (trajectory folders or files); the merged model's folder."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from trl import SFTTrainer
@@ -129,7 +144,7 @@ def run_sft(cfg: TrainerConfig, datasets: list[Path], *, model=None, tokenizer=N
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(cfg),
-        callbacks=[SftProgress()],
+        callbacks=[SftProgress(metrics)],
     )
     out = cfg.run.output_dir / "sft"
     resume = last_complete_checkpoint(out) if cfg.checkpoint.resume_from_checkpoint else None

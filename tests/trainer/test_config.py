@@ -10,7 +10,7 @@ import yaml
 from services.trainer.cli import main
 from services.trainer.config import ConfigError, load_config
 
-CONFIGS = sorted((Path(__file__).parents[2] / "services/trainer/configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[2] / "services/trainer/configs").glob("**/*.yaml"))
 MINIMAL = {
     "model": {"source": "pypi:gemma3-270m"},
     "tasks": {"train": ["click-test"]},
