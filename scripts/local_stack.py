@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep running after the trainer ends")
     parser.add_argument("--log-dir", type=Path, default=ROOT / "runs" / "local-stack")
     args = parser.parse_args(argv)
+    stop_on_signals()
 
     config = None if args.no_trainer else args.config
     if config is not None and not config.is_file():
@@ -232,6 +234,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f">> trainer exited with {trainer.returncode}", flush=True)
         return trainer.returncode or 0
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both stop the stack cleanly. Python keeps SIGINT ignored when the
+    process started with it ignored (any `cmd &` from a script), so set both explicitly."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":

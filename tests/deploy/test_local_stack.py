@@ -1,7 +1,8 @@
 """`make up` end to end: scripts/local_stack.py starts an env pod, the REAL trainer process
 (`python -m services.trainer train`, a tiny random model so it trains in seconds) and a real
 Prometheus; the test watches the trainer's and the env pod's series arrive in Prometheus while
-training runs, then stops the stack with Ctrl-C (SIGINT) like a person would."""
+training runs, then stops the stack with Ctrl-C (SIGINT) like a person would, even when it was
+started from a script in the background (which starts it with SIGINT ignored)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,8 @@ def test_make_up_runs_the_stack_and_prometheus_sees_training(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # What `make up &` in a non-interactive shell does: the child starts with SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     prometheus = f"http://127.0.0.1:{port}"
     ns = f'namespace="{NAMESPACE}"'
