@@ -31,7 +31,16 @@ def sft_data(
     cfg: TrainerConfig, pods: EnvPods, metrics: TrainerMetrics | None = None
 ) -> list[Path]:
     """The SFT stage's trajectories: the configured datasets, or the demos (made if missing)."""
-    if not cfg.sft.datasets and not any(cfg.demos_folder.glob("part-*.jsonl")):
+    if cfg.sft.datasets:
+        return cfg.sft_sources
+    shards = sorted(cfg.demos_folder.glob("part-*.jsonl"))
+    if shards:
+        log.info(
+            "demonstrations: reusing %d shard(s) in %s (delete the folder to play them again)",
+            len(shards),
+            cfg.demos_folder,
+        )
+    else:
         from services.trainer.demos import generate_demos
 
         if metrics is not None:
