@@ -462,9 +462,19 @@ class GrpoConfig(_Section):
         1024, ge=1, description="Cap on an episode's completion tokens (all turns + env tokens)."
     )
 
+    @property
+    def samples_per_step(self) -> int:
+        """Episodes per optimizer step: ``prompts_per_step`` groups of ``num_generations``."""
+        return self.prompts_per_step * self.num_generations
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Forward/backward passes per optimizer step (gradient accumulation)."""
+        return self.samples_per_step // self.micro_batch_size
+
     @model_validator(mode="after")
     def _batches(self) -> GrpoConfig:
-        samples = self.prompts_per_step * self.num_generations
+        samples = self.samples_per_step
         if samples % self.micro_batch_size:
             raise ValueError(
                 f"prompts_per_step * num_generations = {samples} is not a multiple of "

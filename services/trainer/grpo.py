@@ -49,8 +49,7 @@ def grpo_args(cfg: TrainerConfig):
     from trl import GRPOConfig
 
     g = cfg.grpo
-    samples = g.prompts_per_step * g.num_generations
-    accumulation = samples // g.micro_batch_size
+    accumulation = g.micro_batches_per_step
     return GRPOConfig(
         output_dir=str(cfg.run.output_dir),
         seed=cfg.run.seed,
@@ -133,12 +132,11 @@ def replay_buffer(cfg: TrainerConfig, prompts) -> ReplayBuffer:
 
 def replay_term(cfg: TrainerConfig, buffer: ReplayBuffer, trainer) -> ReplayTerm:
     g = cfg.grpo
-    samples = g.prompts_per_step * g.num_generations
     return ReplayTerm(
         buffer,
         coef=cfg.replay.coef,
-        per_step=int(cfg.replay.ratio * samples),
-        micro_batches=samples // g.micro_batch_size,
+        per_step=int(cfg.replay.ratio * g.samples_per_step),
+        micro_batches=g.micro_batches_per_step,
         seed=cfg.run.seed,
         report=lambda figures: log_step_metrics(trainer, figures),
     )

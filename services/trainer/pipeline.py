@@ -115,9 +115,8 @@ def plan(cfg: TrainerConfig, evaluate_after: bool) -> str:
         extras = [f"KL {g.beta:g} to the phase start"] if g.beta else []
         extras += [f"phases of {g.phase_steps} steps"] if g.phase_steps else []
         extras += ["replay"] if cfg.replay.enabled else []
-        episodes = g.prompts_per_step * g.num_generations
         stages.append(
-            f"GRPO ({g.max_steps} steps x {episodes} episodes"
+            f"GRPO ({g.max_steps} steps x {g.samples_per_step} episodes"
             + "".join(f"; {e}" for e in extras)
             + ")"
         )
