@@ -22,6 +22,7 @@ import yaml
 from services.trainer.config import TrainerConfig, dump_config
 from services.trainer.envs import EnvPods, env_pods
 from services.trainer.metrics import TrainerMetrics, serve
+from services.trainer.trajectories import SHARD_PATTERN
 
 log = logging.getLogger("services.trainer")
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -33,7 +34,7 @@ def sft_data(
     """The SFT stage's trajectories: the configured datasets, or the demos (made if missing)."""
     if cfg.sft.datasets:
         return cfg.sft_sources
-    shards = sorted(cfg.demos_folder.glob("part-*.jsonl"))
+    shards = sorted(cfg.demos_folder.glob(SHARD_PATTERN))
     if shards:
         log.info(
             "demonstrations: reusing %d shard(s) in %s (delete the folder to play them again)",
