@@ -49,7 +49,9 @@ class Trajectory(BaseModel):
     policy: str = Field(..., description="The model (or solver) that chose the actions.")
     policy_version: int | None = Field(None, description="Trainer step of the policy, if any.")
     tokenizer: str = Field(..., description="Whose token ids these are (name or path).")
-    prompt_format: Literal["chat", "fewshot"] = Field(..., description="How prompts were built.")
+    prompt_format: Literal["chat", "fewshot", "plain"] = Field(
+        ..., description="How prompts were built."
+    )
     max_turns: int = Field(..., ge=1, description="The episode's turn cap (prompts show it).")
     prompt_ids: list[int]
     completion_ids: list[int]

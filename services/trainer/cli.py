@@ -109,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         return demos(cfg)
     if args.command == "sft":
         return sft(cfg)
+    from services.trainer.evaluation.report import EvalError
     from services.trainer.pipeline import run
 
-    return run(cfg, evaluate_after=not args.no_eval)
+    try:
+        return run(cfg, evaluate_after=not args.no_eval)
+    except EvalError as exc:
+        print(f"evaluation error: {exc}", file=sys.stderr)
+        return 2

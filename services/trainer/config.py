@@ -138,11 +138,12 @@ class ModelConfig(_Section):
             "away updates of lr 1e-6); a LoRA base is loaded in this dtype (it is frozen)."
         ),
     )
-    prompt_format: Literal["auto", "chat", "fewshot"] = Field(
+    prompt_format: Literal["auto", "chat", "fewshot", "plain"] = Field(
         "auto",
         description=(
             "'chat': the tokenizer's chat template; 'fewshot': plain 'Task:/Page:/Action:' text "
-            "with worked examples (base models); 'auto': chat when the tokenizer has a template."
+            "with worked examples (base models); 'plain': that text without the examples (a model "
+            "SFT taught the format); 'auto': chat when the tokenizer has a template, else fewshot."
         ),
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
@@ -637,6 +638,14 @@ class SftConfig(_Section):
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Linear warm-up share.")
     save_steps: int = Field(200, ge=1, description="Checkpoint every N steps (and at the end).")
+    prompt_format: Literal["auto", "chat", "fewshot", "plain"] | None = Field(
+        None,
+        description=(
+            "The prompt format the warm-up teaches, used by every later stage (GRPO, the trained "
+            "policy's evaluation); None: model.prompt_format. 'plain' drops the few-shot "
+            "examples a base model needs: shorter sequences for SFT, GRPO and evaluation."
+        ),
+    )
 
 
 class EvalConfig(_Section):
@@ -772,6 +781,21 @@ class TrainerConfig(_Section):
     def sft_sources(self) -> list[Path]:
         """The SFT stage's trajectories: ``sft.datasets``, or the demonstrations folder."""
         return list(self.sft.datasets) or [self.demos_folder]
+
+    @property
+    def sft_folder(self) -> Path:
+        """The SFT stage's checkpoints; its merged model is ``sft_folder / "model"``."""
+        return self.run.output_dir / "sft"
+
+    def after_sft(self, source: str | Path | None = None) -> TrainerConfig:
+        """This config as the SFT stage and the stages after it see it: the warm-up's prompt
+        format (``sft.prompt_format``) and, when given, the SFT model as ``model.source``."""
+        update: dict[str, Any] = {
+            "prompt_format": self.sft.prompt_format or self.model.prompt_format
+        }
+        if source is not None:
+            update["source"] = str(source)
+        return self.model_copy(update={"model": self.model.model_copy(update=update)})
 
     @property
     def eval_tasks(self) -> list[str]:

@@ -96,8 +96,22 @@ def generate_demos(cfg: TrainerConfig, pods: EnvPods) -> Path:
     )
     requests = demo_requests(cfg)
     started = time.monotonic()
+    finished = Counter[bool]()
+
+    def progress(episode) -> None:
+        finished[episode.success] += 1
+        done = finished.total()
+        if done % max(1, len(requests) // 10) == 0 or done == len(requests):
+            log.info(
+                "demonstrations: %d/%d episodes played, %d solved, %.0f s",
+                done,
+                len(requests),
+                finished[True],
+                time.monotonic() - started,
+            )
+
     try:
-        episodes = stack.play(requests)
+        episodes = stack.play(requests, on_episode=progress)
         kept = [e for e in episodes if e.success]
         writer = TrajectoryWriter(cfg.demos_folder)
         writer.add(stack.records(kept, source))

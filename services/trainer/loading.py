@@ -55,6 +55,8 @@ class PolicySpec:
     label: str
     model: str
     adapter: str | None = None
+    prompt_format: str | None = None
+    """The prompt format it was trained with (None: the config's ``model.prompt_format``)."""
 
 
 def load_for_generation(spec: PolicySpec, cache_dir: str | Path | None = None, dtype="float32"):
@@ -114,11 +116,13 @@ def find_checkpoint(output_dir: str | Path) -> Path:
     return max(steps)[1]
 
 
-def trained_spec(checkpoint: str | Path, base: str | None) -> PolicySpec:
+def trained_spec(
+    checkpoint: str | Path, base: str | None, prompt_format: str | None = None
+) -> PolicySpec:
     """The ``trained`` policy of a checkpoint folder: a LoRA adapter goes on ``base``."""
     path = Path(checkpoint)
     if not path.is_dir():
         raise PolicyLoadError(f"trained checkpoint {path}: no such folder")
     if (path / "adapter_config.json").is_file() and base is not None:
-        return PolicySpec("trained", base, str(path))
-    return PolicySpec("trained", str(path))
+        return PolicySpec("trained", base, str(path), prompt_format)
+    return PolicySpec("trained", str(path), prompt_format=prompt_format)

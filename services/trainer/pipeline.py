@@ -73,6 +73,8 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
         log.info("metrics at http://%s:%d/metrics", cfg.metrics.host, port)
     started = time.monotonic()
     log.info("plan: %s", plan(cfg, evaluate_after))
+    if evaluate_after and cfg.eval.after_training and cfg.eval.base_results is not None:
+        reused_base(cfg)  # a base report that cannot be reused fails now, not after training
     with env_pods(cfg) as pods:
         start = cfg
         final = None
@@ -83,9 +85,7 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
             metrics.stage_started("sft")
             final = run_sft(cfg, data, metrics=metrics)
             log.info("SFT done after %.0f s; model in %s", time.monotonic() - started, final)
-            start = cfg.model_copy(
-                update={"model": cfg.model.model_copy(update={"source": str(final)})}
-            )
+            start = cfg.after_sft(final)
             gc.collect()
         if cfg.grpo.max_steps > 0:
             metrics.stage_started("grpo")
@@ -97,7 +97,7 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
         gc.collect()
         if final is not None and evaluate_after and cfg.eval.after_training:
             metrics.stage_started("eval")
-            evaluate(cfg, start.model.source, final, pods)
+            evaluate(cfg, start, final, pods)
     log.info("total wall time %.0f s", time.monotonic() - started)
     return 0
 
@@ -110,7 +110,9 @@ def plan(cfg: TrainerConfig, evaluate_after: bool) -> str:
         if not cfg.sft.datasets:
             d = cfg.demos
             stages.append(f"demonstrations ({d.source}, {d.episodes_per_task} x {tasks} tasks)")
-        stages.append(f"SFT ({cfg.sft.epochs:g} epochs)")
+        taught = f", teaching {cfg.sft.prompt_format} prompts" if cfg.sft.prompt_format else ""
+        epochs = f"{cfg.sft.epochs:g} epoch" + ("" if cfg.sft.epochs == 1 else "s")
+        stages.append(f"SFT ({epochs}{taught})")
     g = cfg.grpo
     if g.max_steps:
         extras = [f"KL {g.beta:g} to the phase start"] if g.beta else []
@@ -122,7 +124,7 @@ def plan(cfg: TrainerConfig, evaluate_after: bool) -> str:
             + ")"
         )
     if evaluate_after and cfg.eval.after_training:
-        who = "final" if cfg.eval.base_results else "base and final"
+        who = "final; base from eval.base_results" if cfg.eval.base_results else "base and final"
         stages.append(
             f"evaluation ({who}, {len(cfg.eval_tasks)} tasks x {cfg.eval.seeds_per_task} seeds)"
         )
@@ -132,17 +134,32 @@ def plan(cfg: TrainerConfig, evaluate_after: bool) -> str:
     )
 
 
-def evaluate(cfg: TrainerConfig, trained_on: str, final: Path, pods: EnvPods) -> None:
-    """The base model beside the final policy (an adapter goes on the model it was trained on);
-    the base report is reused from ``eval.base_results`` when given."""
-    from services.trainer.evaluation.report import EvalSettings, base_report
+def evaluate(cfg: TrainerConfig, start: TrainerConfig, final: Path, pods: EnvPods) -> None:
+    """The base model beside the final policy (an adapter goes on the model GRPO started from,
+    ``start``, and the policy reads the prompts it was trained with); the base report is reused
+    from ``eval.base_results`` when given."""
     from services.trainer.evaluation.run import compare
     from services.trainer.loading import PolicySpec, trained_spec
 
     before = None
-    policies = [PolicySpec("base", cfg.model.source), trained_spec(final, trained_on)]
+    trained = trained_spec(final, start.model.source, prompt_format=start.model.prompt_format)
+    policies = [PolicySpec("base", cfg.model.source), trained]
     if cfg.eval.base_results is not None:
-        before = base_report(cfg.eval.base_results, EvalSettings.of(cfg))
+        before = reused_base(cfg)
         policies = policies[1:]
     _, md_path = compare(cfg, policies, pods, cfg.run.output_dir / "eval", before=before)
     print(md_path.read_text(), flush=True)
+
+
+def reused_base(cfg: TrainerConfig):
+    """The base model's report from ``eval.base_results`` (checked: same model, same protocol)."""
+    from services.trainer.evaluation.report import EvalSettings, base_report
+
+    report = base_report(cfg.eval.base_results, EvalSettings.of(cfg), model=cfg.model.source)
+    log.info(
+        "base model: its report is reused from %s (it took %.0f s to measure; "
+        "eval.base_results=null measures it again)",
+        cfg.eval.base_results,
+        report.wall_s,
+    )
+    return report

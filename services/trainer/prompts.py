@@ -5,12 +5,15 @@ appends the env's reply (observation text, tokenized) after the model's own samp
 are kept exactly as generated. Training then sees exactly the context each action was sampled
 from, and ``env_mask`` marks which tokens were the model's.
 
-Two formats:
+Three formats:
 - ``chat``: the tokenizer's chat template (instruction models, e.g. LFM2-350M).
 - ``fewshot``: plain "Task:/Page:/Action:" text with three worked examples, for base models
   without a chat template (Gemma-3-270M base writes the right click-test action 15/16 times at
   temperature 0.7 this way, 0/16 zero-shot; BENCHMARKS.md has the base model study). The reply
   ends at the newline.
+- ``plain``: the same text without the worked examples, for a model the SFT warm-up taught the
+  format (``sft.prompt_format``): ~300 fewer tokens per episode (on Gemma a first prompt shrinks
+  from ~490 tokens to ~190), and no example answer (``fill(.., 'Paris')``) to copy.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Literal
 from services.protocol.actions import allowed_actions, describe
 from services.protocol.env import BrowserObservation
 
-PromptFormat = Literal["chat", "fewshot"]
+PromptFormat = Literal["chat", "fewshot", "plain"]
+LINE_FORMATS = ("fewshot", "plain")  # "Task:/Page:/Action:" text, one-line replies
 
 _INSTRUCTIONS = (
     "You control a web browser to complete a task on a web page. The page is given as an "
@@ -65,6 +69,8 @@ def resolve_format(tokenizer, requested: str) -> PromptFormat:
     """'auto' → 'chat' when the tokenizer has a chat template, else 'fewshot'."""
     if requested == "auto":
         return "chat" if getattr(tokenizer, "chat_template", None) else "fewshot"
+    if requested not in ("chat", *LINE_FORMATS):
+        raise ValueError(f"unknown prompt format {requested!r}: auto, chat, fewshot or plain")
     if requested == "chat" and not getattr(tokenizer, "chat_template", None):
         raise ValueError("model.prompt_format is 'chat' but the tokenizer has no chat template")
     return requested  # type: ignore[return-value]
@@ -103,8 +109,8 @@ class PromptBuilder:
 
     @property
     def stop(self) -> tuple[str, ...]:
-        """Stop strings for generation: the few-shot reply is one line."""
-        return ("\n",) if self.format == "fewshot" else ()
+        """Stop strings for generation: the few-shot (and plain) reply is one line."""
+        return ("\n",) if self.format in LINE_FORMATS else ()
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -112,7 +118,7 @@ class PromptBuilder:
     def reply_ids(self, action: str) -> list[int]:
         """An action as the policy writes its reply in this format, finished (for demonstrations):
         one line after ``Action:`` (few-shot), or the assistant's text then end of sequence."""
-        if self.format == "fewshot":
+        if self.format in LINE_FORMATS:
             return self.encode(f" {action}\n")
         eos = self.tokenizer.eos_token_id
         return self.encode(action) + ([eos] if isinstance(eos, int) else [])
@@ -130,11 +136,11 @@ class PromptBuilder:
 
     def first_prompt(self, obs: BrowserObservation, max_turns: int) -> list[int]:
         """Token ids of the whole first-turn prompt."""
-        if self.format == "fewshot":
+        if self.format in LINE_FORMATS:
             text = (
                 self.system
                 + "\n\n"
-                + _FEWSHOT_EXAMPLES
+                + (_FEWSHOT_EXAMPLES if self.format == "fewshot" else "")
                 + f"Task: {obs.goal}\nPage:\n{self.truncate_axtree(obs.axtree_txt)}\nAction:"
             )
             bos = self.tokenizer.bos_token_id
@@ -165,7 +171,7 @@ class PromptBuilder:
         ``completion_finished``: the completion ended on its own (EOS / stop string) rather than
         at the token cap; when it did not, the format's turn separator is added here.
         """
-        if self.format == "fewshot":
+        if self.format in LINE_FORMATS:
             lines = "" if completion_finished else "\n"
             if obs.error:
                 lines += f"Error: {_one_line(obs.error)}\n"

@@ -70,7 +70,7 @@ def sft_args(cfg: TrainerConfig):
 
     s = cfg.sft
     return SFTConfig(
-        output_dir=str(cfg.run.output_dir / "sft"),
+        output_dir=str(cfg.sft_folder),
         seed=cfg.run.seed,
         num_train_epochs=s.epochs,
         learning_rate=s.learning_rate,
@@ -133,11 +133,11 @@ def run_sft(
         score_only_completion_tokens_on_cpu()
     if model is None:
         model, tokenizer, _ = load_for_training(cfg)
-    prompts = PromptBuilder.from_config(tokenizer, cfg)
+    prompts = PromptBuilder.from_config(tokenizer, cfg.after_sft())
     dataset = sft_dataset(cfg, read_trajectories(datasets), prompts)
     trained_tokens = sum(sum(label != IGNORE for label in row) for row in dataset["labels"])
-    log.info("SFT on %d trajectories (%d trained tokens) from %s", len(dataset), trained_tokens,
-             ", ".join(map(str, datasets)))  # fmt: skip
+    log.info("SFT on %d trajectories (%d trained tokens, %s prompts) from %s", len(dataset),
+             trained_tokens, prompts.format, ", ".join(map(str, datasets)))  # fmt: skip
     trainer = SFTTrainer(
         model=model,
         args=sft_args(cfg),
@@ -146,7 +146,7 @@ def run_sft(
         peft_config=lora_config(cfg),
         callbacks=[SftProgress(metrics)],
     )
-    out = cfg.run.output_dir / "sft"
+    out = cfg.sft_folder
     resume = last_complete_checkpoint(out) if cfg.checkpoint.resume_from_checkpoint else None
     trainer.train(resume_from_checkpoint=resume)
     return save_merged(trainer.model, tokenizer, out / "model")

@@ -9,11 +9,18 @@ import torch
 
 from services.trainer.config import ConfigError, RemoteBackendConfig, load_config
 from services.trainer.discovery import StaticDiscovery
-from services.trainer.evaluation.cli import main
+from services.trainer.evaluation.cli import (
+    add_arguments,
+    config_from_args,
+    main,
+    policies_from_args,
+)
 from services.trainer.evaluation.report import (
+    EvalError,
     EvalSettings,
     PolicyReport,
     TaskScore,
+    base_report,
     render_markdown,
     write_reports,
 )
@@ -334,3 +341,53 @@ async def test_evaluation_through_a_remote_generation_server(
     assert (score.episodes, score.successes) == (2, 2)  # the server always answers click('13')
     assert all(r["temperature"] == 0.0 and r["prompt"][:1] for r in fake.requests)
     assert len(fake.requests) == 2
+
+
+def test_a_base_report_is_reused_only_for_the_same_model_and_protocol(tmp_path):
+    """A shipped or earlier base report stands in for measuring the base only when greedy
+    decoding would measure the same thing; otherwise the error says how to measure again."""
+    cfg = eval_config(tasks=["click-test"], seeds_per_task=4)
+    settings = EvalSettings.of(cfg)
+    json_path, _ = write_reports([_report("base", {"click-test": (1, 4)})], settings, tmp_path)
+    assert base_report(json_path, settings, model="m").scores["click-test"].successes == 1
+    with pytest.raises(EvalError, match=r"measured m, this run's base is other.*null"):
+        base_report(json_path, settings, model="other")
+    longer = EvalSettings.of(eval_config(tasks=["click-test"], seeds_per_task=4, max_turns=5))
+    with pytest.raises(EvalError, match=r"other settings.*null"):
+        base_report(json_path, longer)
+    with pytest.raises(EvalError, match=r"not a readable eval\.json"):
+        base_report(tmp_path / "missing.json", settings)
+
+
+def test_a_run_with_sft_is_evaluated_on_the_sft_model_in_the_prompts_sft_taught(tmp_path):
+    """``eval --config run.yaml --trained auto`` after demonstrations → SFT → GRPO: the GRPO
+    adapter goes on the SFT model (not the base), and the policy reads ``sft.prompt_format``."""
+    import argparse
+
+    import yaml
+
+    out = tmp_path / "run"
+    (out / "final").mkdir(parents=True)
+    (out / "final" / "adapter_config.json").write_text("{}")
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "run": {"output_dir": str(out)},
+                "model": {"source": "base-model"},
+                "tasks": {"train": ["click-test"]},
+                "env": {"discovery": {"endpoints": ["http://unused:1"]}},
+                "sft": {"enabled": True, "prompt_format": "plain"},
+                "grpo": {"max_steps": 1},
+                "metrics": {"port": None},
+            }
+        )
+    )
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--config", str(config), "--trained", "auto"])
+
+    base, trained = policies_from_args(args, config_from_args(args))
+    assert (base.model, base.prompt_format) == ("base-model", None)
+    assert (trained.model, trained.adapter) == (str(out / "sft" / "model"), str(out / "final"))
+    assert trained.prompt_format == "plain"

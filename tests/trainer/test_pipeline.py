@@ -37,6 +37,7 @@ def _config(model, out, env_pods, **changes) -> dict:
             "micro_batch_size": 2,
             "learning_rate": 1e-2,
             "warmup_ratio": 0.0,
+            "prompt_format": "plain",  # taught by SFT, read by GRPO and the trained policy
         },
         "grpo": {
             "max_steps": 2,
@@ -73,6 +74,9 @@ def test_demonstrations_sft_grpo_and_evaluation_run_in_order(env_pods, tiny_chat
     report = json.loads((out / "eval" / "eval.json").read_text())
     assert [r["label"] for r in report["reports"]] == ["base", "trained"]
     assert report["reports"][1]["model"] == str(out / "sft" / "model")  # the adapter's base
+    # The base model reads its own (chat) prompts; the trained policy the format SFT taught.
+    assert [r["prompt_format"] for r in report["reports"]] == ["chat", "plain"]
+    assert "Trained reads plain prompts." in (out / "eval" / "eval.md").read_text()
 
 
 class ReferenceProbe(TrainerCallback):

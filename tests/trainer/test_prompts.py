@@ -64,3 +64,18 @@ def test_the_goal_is_never_cut_only_the_page(tokenizer):
     obs = BrowserObservation(goal=goal, axtree_txt="\n".join(f"\t[{i}] x" for i in range(500)))
     text = tokenizer.decode(builder(tokenizer, 16).first_prompt(obs, max_turns=3))
     assert f"Task: {goal}" in text and "... (page truncated)" in text
+
+
+def test_the_plain_format_is_the_few_shot_text_without_its_worked_examples(tokenizer):
+    """What SFT teaches a base model: the same task/page/action text, ~300 tokens shorter."""
+    obs = BrowserObservation(goal='Click on the "Next" button.', axtree_txt=TREE)
+    fewshot, plain = (
+        PromptBuilder(tokenizer, fmt=fmt, action_subsets=["miniwob_liu18"])
+        for fmt in ("fewshot", "plain")
+    )
+    long, short = (tokenizer.decode(b.first_prompt(obs, max_turns=3)) for b in (fewshot, plain))
+    examples = long.index('Task: Click on the "Contact"'), long.index('Task: Click on the "Next')
+    assert short == long[: examples[0]] + long[examples[1] :]
+    assert "Paris" in long and "Paris" not in short
+    assert plain.stop == fewshot.stop == ("\n",)
+    assert plain.reply_ids("click('13')") == fewshot.reply_ids("click('13')")

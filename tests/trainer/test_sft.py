@@ -77,22 +77,23 @@ def test_demonstrations_train_only_their_actions_and_render_exactly(model, env_p
 
 
 @pytest.mark.chromium
+@pytest.mark.parametrize("fmt", ["fewshot", "plain"])
 def test_a_teachers_trajectories_are_rendered_for_the_student(
-    env_pods, tiny_chat_model, tiny_base_model
+    env_pods, tiny_chat_model, tiny_base_model, fmt
 ):
     """Records in another tokenizer and format (a teacher's) train the student on its own
     token sequence: its prompts, its reply format, the same actions."""
     records, _ = demonstrations(tiny_chat_model, env_pods)
     student = PromptBuilder(
-        AutoTokenizer.from_pretrained(tiny_base_model),
-        fmt="fewshot",
-        action_subsets=["miniwob_liu18"],
+        AutoTokenizer.from_pretrained(tiny_base_model), fmt=fmt, action_subsets=["miniwob_liu18"]
     )
     for record in records:
         input_ids, labels = tokens_of(record.model_copy(update={"tokenizer": "teacher"}), student)
         runs = trained_text(student.tokenizer, input_ids, labels)
         assert runs == [f" {t.action}\n" for t in record.turns]
-        assert student.tokenizer.decode(input_ids).count("Action:") >= len(record.turns)
+        text = student.tokenizer.decode(input_ids)
+        assert text.count("Action:") >= len(record.turns)
+        assert ("fill('11', 'Paris')" in text) == (fmt == "fewshot")  # worked examples or none
 
 
 @pytest.mark.chromium

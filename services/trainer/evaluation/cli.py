@@ -36,14 +36,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="checkpoint folder (LoRA adapter or full model); 'auto': the config's final/newest",
     )
     parser.add_argument("--no-base", action="store_true", help="measure only --trained")
-    parser.add_argument("--base-results", help="reuse the base report from an earlier eval.json")
+    parser.add_argument(
+        "--base-results",
+        help="reuse the base report of an earlier eval.json (default: the config's "
+        "eval.base_results; --set eval.base_results=null measures the base)",
+    )
     parser.add_argument("--tasks", help="comma-separated tasks (default: the config's)")
     parser.add_argument("--seeds", type=int, help="held-out seeds per task")
     parser.add_argument("--seed-start", type=int, help="first held-out seed")
     parser.add_argument("--max-turns", type=int, help="steps per episode (protocol: 10)")
     parser.add_argument("--temperature", type=float, help="0 = greedy (default)")
     parser.add_argument("--max-new-tokens", type=int, help="tokens per action at most")
-    parser.add_argument("--prompt-format", choices=["auto", "chat", "fewshot"])
+    parser.add_argument("--prompt-format", choices=["auto", "chat", "fewshot", "plain"])
     parser.add_argument("--env", action="append", default=[], help="env pod URL (repeatable)")
     parser.add_argument("--local-pods", type=int, help="start N local env pods (default 2)")
     parser.add_argument("--max-sessions", type=int, default=4, help="sessions per local pod")
@@ -98,19 +102,28 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfig:
     return load_config(minimal, overrides=overrides)
 
 
-def policies_from_args(args: argparse.Namespace, cfg: TrainerConfig) -> list[PolicySpec]:
+def policies_from_args(
+    args: argparse.Namespace, cfg: TrainerConfig, *, base_reused: bool = False
+) -> list[PolicySpec]:
+    """The policies to measure: the base (unless its report is reused) and the trained one."""
     base = args.base or (cfg.model.source if args.config else None)
     specs = []
-    if not args.no_base and not args.base_results:
+    if not args.no_base and not base_reused:
         if base is None:
             raise EvalError("no base model: give --base (or --config), or --no-base")
         specs.append(PolicySpec("base", base))
+    trained_on, trained_format = base, None
+    if args.config and cfg.sft.enabled:  # GRPO started from the SFT model, in SFT's prompts
+        start = cfg.after_sft(cfg.sft_folder / "model")
+        trained_on, trained_format = start.model.source, start.model.prompt_format
+    trained_format = args.prompt_format or trained_format
     if args.trained == "auto":
         if not args.config:
             raise EvalError("--trained auto needs --config (it looks in run.output_dir)")
-        specs.append(trained_spec(find_checkpoint(cfg.run.output_dir), base))
+        checkpoint = find_checkpoint(cfg.run.output_dir)
+        specs.append(trained_spec(checkpoint, trained_on, prompt_format=trained_format))
     elif args.trained:
-        specs.append(trained_spec(args.trained, base))
+        specs.append(trained_spec(args.trained, trained_on, prompt_format=trained_format))
     if not specs:
         raise EvalError("nothing to evaluate: give --base and/or --trained")
     return specs
@@ -120,8 +133,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Run the ``eval`` command; returns the exit status."""
     try:
         cfg = config_from_args(args)
-        before = base_report(args.base_results, EvalSettings.of(cfg)) if args.base_results else None
-        policies = policies_from_args(args, cfg)
+        reused = None if args.no_base else args.base_results or cfg.eval.base_results
+        model = args.base or (cfg.model.source if args.config else None)
+        before = base_report(reused, EvalSettings.of(cfg), model=model) if reused else None
+        policies = policies_from_args(args, cfg, base_reused=bool(reused))
     except (EvalError, ConfigError, PolicyLoadError) as exc:
         print(f"eval: {exc}", file=sys.stderr)
         return 2

@@ -108,6 +108,7 @@ class PolicyReport:
     scores: dict[str, TaskScore]
     wall_s: float
     episodes: list[EpisodeRecord] = field(default_factory=list)
+    prompt_format: str | None = None
 
     @property
     def mean_success(self) -> float | None:
@@ -139,6 +140,7 @@ class PolicyReport:
             scores=scores,
             wall_s=data["wall_s"],
             episodes=[EpisodeRecord(**e) for e in data.get("episodes", [])],
+            prompt_format=data.get("prompt_format"),
         )
 
 
@@ -209,6 +211,11 @@ def render_markdown(reports: Sequence[PolicyReport], settings: EvalSettings) -> 
         "Invalid-action rate: "
         + ", ".join(f"{r.label} {_invalid_rate(r):.2f}" for r in reports)
         + "."
+        + "".join(
+            f" {r.label.capitalize()} reads {r.prompt_format} prompts."
+            for r in reports
+            if r.prompt_format
+        )
     )
     published = ", ".join(f"{k} {v}" for k, v in PUBLISHED_REFERENCE["success_rate"].items())
     lines.append("")
@@ -251,19 +258,21 @@ def load_reports(path: str | Path) -> tuple[dict[str, Any], list[PolicyReport]]:
         raise EvalError(f"{path}: not a readable eval.json ({exc})") from exc
 
 
-def base_report(path: str | Path, settings: EvalSettings) -> PolicyReport:
-    """The base report of an earlier ``eval.json``, if it was measured the same way."""
+def base_report(path: str | Path, settings: EvalSettings, model: str | None = None) -> PolicyReport:
+    """The base report of an earlier ``eval.json``, if it was measured the same way (and, when
+    ``model`` is given, of that model): greedy decoding makes it the same measurement."""
     previous_settings, reports = load_reports(path)
-    same = {
-        k: previous_settings.get(k)
-        for k in ("seeds_per_task", "seed_start", "max_turns", "temperature")
-    }
+    keys = ("seeds_per_task", "seed_start", "max_turns", "temperature", "max_new_tokens")
+    same = {k: previous_settings.get(k) for k in keys}
     wanted = {k: getattr(settings, k) for k in same}
+    redo = "set eval.base_results to null to measure the base model again"
     if same != wanted or not set(settings.tasks) <= set(previous_settings.get("tasks", [])):
         raise EvalError(
             f"{path} was measured with other settings ({same}, tasks "
-            f"{previous_settings.get('tasks')}); it cannot stand beside this run ({wanted})"
+            f"{previous_settings.get('tasks')}); it cannot stand beside this run ({wanted}): {redo}"
         )
     base = next((r for r in reports if r.label == "base"), reports[0])
+    if model is not None and base.model != model:
+        raise EvalError(f"{path} measured {base.model}, this run's base is {model}: {redo}")
     base.scores = {t: base.scores[t] for t in settings.tasks if t in base.scores}
     return base

@@ -87,6 +87,7 @@ def evaluate_backend(
         label=label,
         model=model,
         adapter=adapter,
+        prompt_format=stack.prompts.format,
         scores=scores,
         wall_s=round(time.monotonic() - started, 1),
         episodes=records,
@@ -99,8 +100,11 @@ def evaluate_policy(
     discovery: Discovery,
     trajectories: TrajectoryWriter | None = None,
 ) -> PolicyReport:
-    """Measure ``spec`` with the configured generation backend; in-process weights are freed
-    after."""
+    """Measure ``spec`` with the configured generation backend, in its own prompt format;
+    in-process weights are freed after."""
+    if spec.prompt_format is not None:
+        model = cfg.model.model_copy(update={"prompt_format": spec.prompt_format})
+        cfg = cfg.model_copy(update={"model": model})
     cache_dir = cfg.model.cache_dir.expanduser()
     if cfg.generation.backend.type == "local":
         loaded = dict(
