@@ -76,7 +76,7 @@ def test_demonstrations_sft_grpo_and_evaluation_run_in_order(env_pods, tiny_chat
     assert report["reports"][1]["model"] == str(out / "sft" / "model")  # the adapter's base
     # The base model reads its own (chat) prompts; the trained policy the format SFT taught.
     assert [r["prompt_format"] for r in report["reports"]] == ["chat", "plain"]
-    assert "Trained reads plain prompts." in (out / "eval" / "eval.md").read_text()
+    assert "Prompt format: base chat, trained plain." in (out / "eval" / "eval.md").read_text()
 
 
 class ReferenceProbe(TrainerCallback):

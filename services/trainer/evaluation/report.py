@@ -211,12 +211,10 @@ def render_markdown(reports: Sequence[PolicyReport], settings: EvalSettings) -> 
         "Invalid-action rate: "
         + ", ".join(f"{r.label} {_invalid_rate(r):.2f}" for r in reports)
         + "."
-        + "".join(
-            f" {r.label.capitalize()} reads {r.prompt_format} prompts."
-            for r in reports
-            if r.prompt_format
-        )
     )
+    formats = [f"{r.label} {r.prompt_format}" for r in reports if r.prompt_format]
+    if formats:
+        lines[-1] += " Prompt format: " + ", ".join(formats) + "."
     published = ", ".join(f"{k} {v}" for k, v in PUBLISHED_REFERENCE["success_rate"].items())
     lines.append("")
     lines.append(
