@@ -53,6 +53,10 @@ from services.protocol.tasks import (
 ENV_PREFIX = "TRAINER_"
 
 
+PromptFormatChoice = Literal["auto", "chat", "fewshot", "plain"]
+"""A prompt format as a config names it (services/trainer/prompts.py; auto: by the tokenizer)."""
+
+
 class ConfigError(ValueError):
     """The config cannot be used; the message says which key and why."""
 
@@ -138,7 +142,7 @@ class ModelConfig(_Section):
             "away updates of lr 1e-6); a LoRA base is loaded in this dtype (it is frozen)."
         ),
     )
-    prompt_format: Literal["auto", "chat", "fewshot", "plain"] = Field(
+    prompt_format: PromptFormatChoice = Field(
         "auto",
         description=(
             "'chat': the tokenizer's chat template; 'fewshot': plain 'Task:/Page:/Action:' text "
@@ -638,7 +642,7 @@ class SftConfig(_Section):
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Linear warm-up share.")
     save_steps: int = Field(200, ge=1, description="Checkpoint every N steps (and at the end).")
-    prompt_format: Literal["auto", "chat", "fewshot", "plain"] | None = Field(
+    prompt_format: PromptFormatChoice | None = Field(
         None,
         description=(
             "The prompt format the warm-up teaches, used by every later stage (GRPO, the trained "
@@ -795,7 +799,11 @@ class TrainerConfig(_Section):
         }
         if source is not None:
             update["source"] = str(source)
-        return self.model_copy(update={"model": self.model.model_copy(update=update)})
+        return self.with_model(**update)
+
+    def with_model(self, **fields: Any) -> TrainerConfig:
+        """This config with ``model`` fields replaced (a stage or policy differing only there)."""
+        return self.model_copy(update={"model": self.model.model_copy(update=fields)})
 
     @property
     def eval_tasks(self) -> list[str]:

@@ -16,6 +16,7 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -23,6 +24,9 @@ from services.trainer.config import TrainerConfig, dump_config
 from services.trainer.envs import EnvPods, env_pods
 from services.trainer.metrics import TrainerMetrics, serve
 from services.trainer.trajectories import SHARD_PATTERN
+
+if TYPE_CHECKING:
+    from services.trainer.evaluation.report import PolicyReport
 
 log = logging.getLogger("services.trainer")
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -73,8 +77,9 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
         log.info("metrics at http://%s:%d/metrics", cfg.metrics.host, port)
     started = time.monotonic()
     log.info("plan: %s", plan(cfg, evaluate_after))
-    if evaluate_after and cfg.eval.after_training and cfg.eval.base_results is not None:
-        reused_base(cfg)  # a base report that cannot be reused fails now, not after training
+    evaluating = evaluate_after and cfg.eval.after_training
+    # A base report that cannot be reused fails now, not after training.
+    before = reused_base(cfg) if evaluating and cfg.eval.base_results is not None else None
     with env_pods(cfg) as pods:
         start = cfg
         final = None
@@ -95,9 +100,9 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
                 return EXIT_TERMINATED
             log.info("training done after %.0f s; policy in %s", time.monotonic() - started, final)
         gc.collect()
-        if final is not None and evaluate_after and cfg.eval.after_training:
+        if final is not None and evaluating:
             metrics.stage_started("eval")
-            evaluate(cfg, start, final, pods)
+            evaluate(cfg, start, final, pods, before)
     log.info("total wall time %.0f s", time.monotonic() - started)
     return 0
 
@@ -134,24 +139,26 @@ def plan(cfg: TrainerConfig, evaluate_after: bool) -> str:
     )
 
 
-def evaluate(cfg: TrainerConfig, start: TrainerConfig, final: Path, pods: EnvPods) -> None:
+def evaluate(
+    cfg: TrainerConfig,
+    start: TrainerConfig,
+    final: Path,
+    pods: EnvPods,
+    before: PolicyReport | None = None,
+) -> None:
     """The base model beside the final policy (an adapter goes on the model GRPO started from,
-    ``start``, and the policy reads the prompts it was trained with); the base report is reused
-    from ``eval.base_results`` when given."""
+    ``start``, and the policy reads the prompts it was trained with); ``before``: the base's
+    report, already measured (``reused_base``), so the base is not measured again."""
     from services.trainer.evaluation.run import compare
     from services.trainer.loading import PolicySpec, trained_spec
 
-    before = None
     trained = trained_spec(final, start.model.source, prompt_format=start.model.prompt_format)
-    policies = [PolicySpec("base", cfg.model.source), trained]
-    if cfg.eval.base_results is not None:
-        before = reused_base(cfg)
-        policies = policies[1:]
+    policies = [trained] if before is not None else [PolicySpec("base", cfg.model.source), trained]
     _, md_path = compare(cfg, policies, pods, cfg.run.output_dir / "eval", before=before)
     print(md_path.read_text(), flush=True)
 
 
-def reused_base(cfg: TrainerConfig):
+def reused_base(cfg: TrainerConfig) -> PolicyReport:
     """The base model's report from ``eval.base_results`` (checked: same model, same protocol)."""
     from services.trainer.evaluation.report import EvalSettings, base_report
 

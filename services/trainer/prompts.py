@@ -69,8 +69,6 @@ def resolve_format(tokenizer, requested: str) -> PromptFormat:
     """'auto' → 'chat' when the tokenizer has a chat template, else 'fewshot'."""
     if requested == "auto":
         return "chat" if getattr(tokenizer, "chat_template", None) else "fewshot"
-    if requested not in ("chat", *LINE_FORMATS):
-        raise ValueError(f"unknown prompt format {requested!r}: auto, chat, fewshot or plain")
     if requested == "chat" and not getattr(tokenizer, "chat_template", None):
         raise ValueError("model.prompt_format is 'chat' but the tokenizer has no chat template")
     return requested  # type: ignore[return-value]

@@ -15,9 +15,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from services.trainer.config import ConfigError, TrainerConfig, load_config, parse_override
+from services.trainer.config import (
+    ConfigError,
+    PromptFormatChoice,
+    TrainerConfig,
+    load_config,
+    parse_override,
+)
 from services.trainer.envs import env_pods
 from services.trainer.evaluation.report import EvalError, EvalSettings, base_report
 from services.trainer.evaluation.run import compare
@@ -47,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-turns", type=int, help="steps per episode (protocol: 10)")
     parser.add_argument("--temperature", type=float, help="0 = greedy (default)")
     parser.add_argument("--max-new-tokens", type=int, help="tokens per action at most")
-    parser.add_argument("--prompt-format", choices=["auto", "chat", "fewshot", "plain"])
+    parser.add_argument("--prompt-format", choices=get_args(PromptFormatChoice))
     parser.add_argument("--env", action="append", default=[], help="env pod URL (repeatable)")
     parser.add_argument("--local-pods", type=int, help="start N local env pods (default 2)")
     parser.add_argument("--max-sessions", type=int, default=4, help="sessions per local pod")
@@ -102,11 +108,16 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfig:
     return load_config(minimal, overrides=overrides)
 
 
+def base_model(args: argparse.Namespace, cfg: TrainerConfig) -> str | None:
+    """The base model's source: ``--base``, else the config's (none without a config)."""
+    return args.base or (cfg.model.source if args.config else None)
+
+
 def policies_from_args(
     args: argparse.Namespace, cfg: TrainerConfig, *, base_reused: bool = False
 ) -> list[PolicySpec]:
     """The policies to measure: the base (unless its report is reused) and the trained one."""
-    base = args.base or (cfg.model.source if args.config else None)
+    base = base_model(args, cfg)
     specs = []
     if not args.no_base and not base_reused:
         if base is None:
@@ -134,7 +145,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
         reused = None if args.no_base else args.base_results or cfg.eval.base_results
-        model = args.base or (cfg.model.source if args.config else None)
+        model = base_model(args, cfg)
         before = base_report(reused, EvalSettings.of(cfg), model=model) if reused else None
         policies = policies_from_args(args, cfg, base_reused=bool(reused))
     except (EvalError, ConfigError, PolicyLoadError) as exc:

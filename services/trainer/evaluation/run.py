@@ -103,8 +103,7 @@ def evaluate_policy(
     """Measure ``spec`` with the configured generation backend, in its own prompt format;
     in-process weights are freed after."""
     if spec.prompt_format is not None:
-        model = cfg.model.model_copy(update={"prompt_format": spec.prompt_format})
-        cfg = cfg.model_copy(update={"model": model})
+        cfg = cfg.with_model(prompt_format=spec.prompt_format)
     cache_dir = cfg.model.cache_dir.expanduser()
     if cfg.generation.backend.type == "local":
         loaded = dict(
