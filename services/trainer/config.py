@@ -306,7 +306,9 @@ class PromptConfig(_Section):
         384, ge=16, description="Accessibility tree budget per observation, in policy tokens."
     )
     compact_axtree: bool = Field(
-        True, description="Drop InlineTextBox lines and the page URL from the tree (fewer tokens)."
+        True,
+        description="Compact the tree (prompts.compact): drop InlineTextBox lines, empty texts, "
+        "the page URL and labels that repeat a name; put an element's only text on its [id] line.",
     )
     max_prompt_tokens: int = Field(
         3072, ge=64, description="Whole episode context cap; the episode ends (truncated) above."

@@ -18,6 +18,7 @@ Three formats:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from typing import Literal
@@ -264,17 +265,70 @@ class PromptBuilder:
 
 
 _URL_ATTR = re.compile(r", url='[^']*'")
+_UNNAMED = re.compile(r"^(?P<head>\s*\[[^\]]+\] \w+)(?: '')?(?P<attrs>(?:,.*| value=.*)?)$")
+_NAMED = re.compile(r"^\s*\[[^\]]+\] \w+ '(?P<name>[^']*)'")
+_TEXT = re.compile(r"^\s*StaticText '(?P<text>[^']*)'$")
 
 
 def compact(axtree: str) -> str:
-    """Drop what costs tokens and tells the policy nothing: ``InlineTextBox`` lines (they repeat
-    their parent's text) and the page's ``url='file://...'`` attribute."""
+    """Drop what costs tokens and tells the policy nothing, and put an element's text on its
+    ``[bid]`` line, where a small policy reads it with the id:
+
+    - ``InlineTextBox`` lines (they repeat their parent's text), empty ``StaticText ''`` lines,
+      and the page's ``url='file://...'`` attribute;
+    - an unnamed element whose only child is a text takes that text as its name:
+      ``[14] generic, clickable=True`` over ``StaticText 'Tortor'`` (a MiniWoB link) becomes
+      ``[14] generic 'Tortor', clickable=True``;
+    - a text right after an element of the same depth and name is dropped (a radio's label:
+      ``[18] radio '42'`` then ``StaticText '42'``).
+    """
     lines = [
         _URL_ATTR.sub("", line)
         for line in axtree.splitlines()
-        if not line.lstrip().startswith("InlineTextBox")
+        if not line.lstrip().startswith(("InlineTextBox", "StaticText ''"))
     ]
-    return "\n".join(lines)
+    kept: list[str] = []
+    i = 0
+    while i < len(lines):
+        merged = _with_its_text(lines, i)
+        kept.append(merged or lines[i])
+        i += 2 if merged else 1
+    return "\n".join(kept)
+
+
+def _with_its_text(lines: list[str], i: int) -> str | None:
+    """Line ``i`` with the text line after it folded in (see ``compact``), or None."""
+    text = _TEXT.match(lines[i + 1]) if i + 1 < len(lines) else None
+    if text is None or not text["text"].strip():
+        return None
+    line, depth, text_depth = lines[i], _depth(lines[i]), _depth(lines[i + 1])
+    sole_child = i + 2 == len(lines) or _depth(lines[i + 2]) <= depth
+    if (unnamed := _UNNAMED.match(line)) and text_depth == depth + 1 and sole_child:
+        return f"{unnamed['head']} {text['text'].strip()!r}{unnamed['attrs']}"
+    if (named := _NAMED.match(line)) and text_depth == depth:
+        return line if named["name"].strip() == text["text"].strip() else None
+    return None
+
+
+# A page that every rule of ``compact`` changes: its rendering fingerprints the rules.
+_RENDERING_SAMPLE = (
+    "RootWebArea 'Sample', focused, url='file:///sample.html'\n"
+    "\t[13] generic, clickable=True\n\t\tStaticText 'Tortor'\n\t\t\tInlineTextBox 'Tortor'\n"
+    "\t[17] LabelText ''\n\t\t[18] radio '42', checked='false'\n\t\tStaticText '42'\n"
+    "\tStaticText ''"
+)
+
+
+def page_rendering(compact_axtree: bool, axtree_max_tokens: int) -> str:
+    """How prompts show a page, as a short fingerprint (compaction rules and page budget):
+    evaluations under another rendering are not the same measurement, so a stored base report
+    is reused only when this matches."""
+    shown = compact(_RENDERING_SAMPLE) if compact_axtree else _RENDERING_SAMPLE
+    return f"{hashlib.sha256(shown.encode()).hexdigest()[:12]}/{axtree_max_tokens}"
+
+
+def _depth(line: str) -> int:
+    return len(line) - len(line.lstrip("\t"))
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -355,6 +355,11 @@ def test_a_base_report_is_reused_only_for_the_same_model_and_protocol(tmp_path):
     longer = EvalSettings.of(eval_config(tasks=["click-test"], seeds_per_task=4, max_turns=5))
     with pytest.raises(EvalError, match=r"other settings.*null"):
         base_report(json_path, longer)
+    other_pages = EvalSettings.of(
+        cfg.model_copy(update={"prompt": cfg.prompt.model_copy(update={"compact_axtree": False})})
+    )
+    with pytest.raises(EvalError, match=r"other settings.*page_rendering.*null"):
+        base_report(json_path, other_pages)  # the base read its pages rendered another way
     with pytest.raises(EvalError, match=r"not a readable eval\.json"):
         base_report(tmp_path / "missing.json", settings)
 

@@ -25,6 +25,30 @@ COMPACTED = [
     ("RootWebArea 'x', url='http://a/b?c=1'", "RootWebArea 'x'"),
     # A value that merely mentions a URL or the word InlineTextBox stays.
     ("\t[7] StaticText 'see InlineTextBox docs'", "\t[7] StaticText 'see InlineTextBox docs'"),
+    # A MiniWoB link: its text goes onto its id's line; the text between links stays.
+    (
+        "\t[14] generic, clickable=True\n\t\tStaticText 'Tortor'\n\t\t\tInlineTextBox 'Tortor'\n"
+        "\tStaticText 'nec. A'",
+        "\t[14] generic 'Tortor', clickable=True\n\tStaticText 'nec. A'",
+    ),
+    ("\t[24] paragraph ''\n\t\tStaticText 'Etiam.'", "\t[24] paragraph 'Etiam.'"),
+    # Not its only child (a dialog's title bar holds a button too): nothing to fold.
+    (
+        "\t[18] generic, clickable=True\n\t\tStaticText ''\n\t\t[20] button 'Close'",
+        "\t[18] generic, clickable=True\n\t\t[20] button 'Close'",
+    ),
+    (
+        "\t[18] generic, clickable=True\n\t\tStaticText 'Hi'\n\t\t[20] button 'Close'",
+        "\t[18] generic, clickable=True\n\t\tStaticText 'Hi'\n\t\t[20] button 'Close'",
+    ),
+    # A radio's label repeats its name: dropped; a different text beside it stays.
+    (
+        "\t[17] LabelText ''\n\t\t[18] radio '42', checked='false'\n\t\tStaticText '42'",
+        "\t[17] LabelText ''\n\t\t[18] radio '42', checked='false'",
+    ),
+    ("\t\t[18] radio '42'\n\t\tStaticText '43'", "\t\t[18] radio '42'\n\t\tStaticText '43'"),
+    # A named element keeps its own name even when its only child says something else.
+    ("\t[5] link 'Home'\n\t\tStaticText 'Go'", "\t[5] link 'Home'\n\t\tStaticText 'Go'"),
 ]
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.trainer.prompts import page_rendering
 from services.trainer.rollout import Episode
 
 #: BrowserGym MiniWoB protocol (AgentLab): 125 tasks × 5 seeds, max 10 steps, binary reward.
@@ -44,6 +45,8 @@ class EvalSettings:
     max_new_tokens: int
     trained_tasks: tuple[str, ...] = ()
     """The run's training tasks: the others in ``tasks`` are held-out tasks, reported apart."""
+    page_rendering: str = ""
+    """``prompts.page_rendering``: how the prompts showed each page."""
 
     @classmethod
     def of(cls, cfg) -> EvalSettings:
@@ -56,6 +59,7 @@ class EvalSettings:
             temperature=ev.temperature,
             max_new_tokens=cfg.generation.max_new_tokens,
             trained_tasks=tuple(cfg.tasks.names),
+            page_rendering=page_rendering(cfg.prompt.compact_axtree, cfg.prompt.axtree_max_tokens),
         )
 
     @property
@@ -260,7 +264,14 @@ def base_report(path: str | Path, settings: EvalSettings, model: str | None = No
     """The base report of an earlier ``eval.json``, if it was measured the same way (and, when
     ``model`` is given, of that model): greedy decoding makes it the same measurement."""
     previous_settings, reports = load_reports(path)
-    keys = ("seeds_per_task", "seed_start", "max_turns", "temperature", "max_new_tokens")
+    keys = (
+        "seeds_per_task",
+        "seed_start",
+        "max_turns",
+        "temperature",
+        "max_new_tokens",
+        "page_rendering",
+    )
     same = {k: previous_settings.get(k) for k in keys}
     wanted = {k: getattr(settings, k) for k in same}
     redo = "set eval.base_results to null to measure the base model again"
