@@ -119,11 +119,14 @@ bench-inference: setup setup-vllm ## adapter push vs full reload, remote (vLLM) 
 # Base vs trained on held-out seeds (BrowserGym MiniWoB protocol: max 10 steps, binary reward).
 # trained=auto takes <run.output_dir>/final (or the newest checkpoint) of $(config); more
 # options (--tasks, --seeds, --base-results, --env ...) go in EVAL_ARGS.
-.PHONY: eval
+.PHONY: eval report
 trained ?= auto
 
 eval: setup ## base vs trained on held-out seeds: make eval [config=<yaml>] [trained=<checkpoint>|auto] [EVAL_ARGS=...]
 	$(PY) -m services.trainer.evaluation --config $(config) --trained $(trained) $(EVAL_ARGS)
+
+report: setup ## a run folder's report.html and training plots: make report [run=runs/local_cpu]
+	$(PY) -m services.trainer report $(or $(run),runs/local_cpu)
 
 # --- trainer ---
 # `make run` runs the local default's stages (Gemma-3-270M base, LoRA, CPU, local env pods):

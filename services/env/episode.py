@@ -287,8 +287,9 @@ class PageEpisode:
         truncated: bool = False,
     ) -> BrowserObservation:
         axtree, dom = self._extract()
+        extra = extract_dom_extra_properties(dom, scale_factor=1.0) if dom is not None else {}
         if self.config.clickable_generics:
-            _keep_clickable_generics(axtree, extract_dom_extra_properties(dom, scale_factor=1.0))
+            _keep_clickable_generics(axtree, extra)
         axtree_txt = flatten_axtree_to_str(axtree)
         self.last_axtree = axtree_txt
         pruned = prune_html(flatten_dom_to_str(dom)) if self.options.pruned_html else ""
@@ -306,6 +307,7 @@ class PageEpisode:
             url=self.page.url,
             screenshot=screenshot,
             screenshot_format=self.config.screenshot_format if screenshot else None,
+            element_boxes=_visible_boxes(extra) if screenshot else None,
             last_action=last_action,
             error=error,
             last_action_error=bool(error),
@@ -319,7 +321,9 @@ class PageEpisode:
 
     def _extract(self) -> tuple[dict, dict | None]:
         """BrowserGym's bid marking + merged AX tree (+ DOM snapshot when needed)."""
-        need_dom = self.options.pruned_html or self.config.clickable_generics
+        need_dom = (
+            self.options.pruned_html or self.options.screenshot or self.config.clickable_generics
+        )
         for tries_left in reversed(range(_EXTRACT_TRIES)):
             try:
                 _pre_extract(self.page, tags_to_mark="standard_html", lenient=tries_left == 0)
@@ -336,6 +340,15 @@ class PageEpisode:
             _post_extract(self.page)
             return axtree, dom
         raise AssertionError("unreachable")
+
+
+def _visible_boxes(extra_properties: dict) -> dict[str, list[float]]:
+    """Each visible element's box, for a screenshot's reader (which element an action hit)."""
+    return {
+        bid: [round(v, 1) for v in props["bbox"]]
+        for bid, props in extra_properties.items()
+        if props.get("bbox") and props.get("visibility", 0) > 0
+    }
 
 
 def _keep_clickable_generics(axtree: dict, extra_properties: dict) -> None:

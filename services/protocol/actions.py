@@ -175,6 +175,14 @@ SUBSETS: dict[str, tuple[str, ...]] = {
 DEFAULT_SUBSETS: tuple[str, ...] = ("bid",)
 
 
+# action -> the name of its element parameter (bid, or from_bid for drag_and_drop)
+_TARGETED = {
+    spec.name: spec.signature.split("(", 1)[1].split(":", 1)[0]
+    for spec in _SPECS
+    if spec.signature.split("(", 1)[1].startswith(("bid:", "from_bid:"))
+}
+
+
 class ActionParseError(ValueError):
     """The text is not one well-formed, allowed action; the message says what is wrong."""
 
@@ -207,6 +215,14 @@ class ParsedAction:
     def __str__(self) -> str:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs]
         return f"{self.name}({', '.join(parts)})"
+
+    @property
+    def target(self) -> str | None:
+        """The bid of the element the action acts on (the first one for drag_and_drop)."""
+        if self.name not in _TARGETED:
+            return None
+        value = self.args[0] if self.args else dict(self.kwargs).get(_TARGETED[self.name])
+        return value if isinstance(value, str) else None
 
 
 def _literal(node: ast.expr) -> Literal_:

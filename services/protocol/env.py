@@ -88,6 +88,11 @@ class BrowserObservation(Observation):
     screenshot_format: Literal["png", "jpeg"] | None = Field(
         default=None, description="Encoding of `screenshot`."
     )
+    element_boxes: dict[str, list[float]] | None = Field(
+        default=None,
+        description="[x, y, width, height] in CSS pixels, in the screenshot's coordinates, of "
+        "each visible element with a bid (only with `screenshot`): where an action lands.",
+    )
     last_action: str = Field(default="", description="The action this observation follows.")
     error: str = Field(
         default="", description="Real error message of the last action ('' when it succeeded)."

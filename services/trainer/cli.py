@@ -6,6 +6,7 @@
     python -m services.trainer sft --config cfg.yaml       # the SFT warm-up only
     python -m services.trainer check --config cfg.yaml     # validate only, start nothing
     python -m services.trainer eval --config cfg.yaml --trained auto
+    python -m services.trainer report runs/local_cpu   # the run's HTML report and plots
 
 ``train`` validates the whole config before it loads a model or starts a process, serves
 ``/metrics``, starts local env pods when ``env.local.pods > 0`` (the cluster shape as
@@ -26,10 +27,12 @@ import faulthandler
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from services.trainer.config import ConfigError, TrainerConfig, load_config, parse_override
 from services.trainer.envs import env_pods
 from services.trainer.evaluation import cli as eval_cli
+from services.trainer.trackers import report_to
 
 log = logging.getLogger("services.trainer")
 
@@ -90,14 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         if name == "train":
             sub.add_argument("--no-eval", action="store_true", help="skip the evaluation after")
     eval_cli.add_arguments(commands.add_parser("eval", help="evaluate base and/or trained"))
+    report = commands.add_parser("report", help="a run folder's HTML report and training plots")
+    report.add_argument("run_dir", help="the run's output_dir, e.g. runs/local_cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if args.command == "eval":
         return eval_cli.run_from_args(args)
+    if args.command == "report":
+        return write_report(args.run_dir)
     try:
         cfg = _config(args)
+        report_to(cfg.run)  # a missing tracker fails now; trackio's folder is set before TRL loads
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -117,3 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     except EvalError as exc:
         print(f"evaluation error: {exc}", file=sys.stderr)
         return 2
+
+
+def write_report(run_dir: str) -> int:
+    from services.trainer.run_report import write_report as write
+
+    try:
+        path = write(Path(run_dir))
+    except FileNotFoundError as exc:
+        print(f"report error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {path}", flush=True)
+    return 0

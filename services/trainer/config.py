@@ -113,6 +113,25 @@ class RunConfig(_Section):
             "<output_dir>/episodes.jsonl."
         ),
     )
+    report_to: list[Literal["tensorboard", "trackio", "wandb"]] = Field(
+        default_factory=list,
+        description=(
+            "Experiment trackers for TRL's report_to (SFT and GRPO), each with our rollout "
+            "figures (per-task success, invalid actions, curriculum weights) beside TRL's. "
+            "Installed only when asked for: pip install -c constraints.txt -e '.[tensorboard]'. "
+            "TensorBoard writes under <output_dir>/runs and <output_dir>/sft/runs, trackio to "
+            "<output_dir>/trackio (project browser-rl, runs <name>/sft and <name>/grpo)."
+        ),
+    )
+    frames_every_steps: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Every N-th GRPO step keeps a screenshot of each turn of its episodes with the "
+            "element acted on (<output_dir>/frames/step-<n>/; listed in episodes.jsonl and shown "
+            "in report.html). None: never (training frames cost a screenshot per turn)."
+        ),
+    )
     save_trajectories: bool = Field(
         False,
         description=(
@@ -679,6 +698,14 @@ class EvalConfig(_Section):
         False,
         description="Save every evaluated episode as a trajectory record in "
         "<eval output>/trajectories/<policy label>.",
+    )
+    frame_seeds: int = Field(
+        5,
+        ge=0,
+        description="For the first N seeds of every task, keep a screenshot of every turn's page "
+        "with the element the action hit (<eval output>/frames/<policy label>/<task>-<seed>/, "
+        "turn images and an episode GIF), shown in report.html; about 7 KB per turn on "
+        "MiniWoB. 0: none.",
     )
 
     @model_validator(mode="after")

@@ -4,44 +4,46 @@ The per-step line shows rates; this file shows the actions behind them (e.g. whi
 a task keeps clicking), so a run can be read afterwards without re-playing it. A run killed after
 writing step N's episodes but before its checkpoint replays step N when it resumes: ``rewind``
 first drops every record of a step after the resumed one (and a line cut by the crash), so each
-step's episodes appear once.
+step's episodes appear once. ``StepRecords`` is that file's rule for any per-step JSON lines
+(``metrics.jsonl`` too).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from services.trainer.rollout import Episode
 
 
-class EpisodeLog:
+class StepRecords:
+    """A JSON-lines file of per-step records in which each step appears once across resumes."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def append(self, step: int, episodes: Sequence[Episode]) -> None:
+    def write(self, records: Iterable[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as out:
-            for e in episodes:
-                record = {"step": step, **e.facts(), "policy_versions": e.policy_versions}
-                if e.drop_reason:
-                    record["drop_reason"] = e.drop_reason
+            for record in records:
                 out.write(json.dumps(record) + "\n")
 
-    def rewind(self, last_step: int) -> int:
-        """Keep only records of steps <= ``last_step`` (atomically); returns how many went."""
+    def rewind(self, last_step: int, stage: str | None = None) -> int:
+        """Keep only records of steps <= ``last_step`` (atomically); returns how many went.
+        With ``stage``, only that stage's records are rewound (a resumed GRPO keeps SFT's)."""
         if not self.path.is_file():
             return 0
         kept, dropped = [], 0
         for line in self.path.read_text().splitlines():
             try:
-                step = json.loads(line)["step"]
+                record = json.loads(line)
+                step = record["step"]
             except (ValueError, KeyError, TypeError):
                 dropped += 1  # a line the crash cut short
                 continue
-            if step <= last_step:
+            if step <= last_step or (stage is not None and record.get("stage") != stage):
                 kept.append(line)
             else:
                 dropped += 1
@@ -50,3 +52,21 @@ class EpisodeLog:
             scratch.write_text("".join(line + "\n" for line in kept))
             os.replace(scratch, self.path)
         return dropped
+
+
+class EpisodeLog(StepRecords):
+    def append(
+        self, step: int, episodes: Sequence[Episode], frames: Sequence[dict | None] = ()
+    ) -> None:
+        """The step's episodes (with ``frames``: each one's ``FrameWriter`` index)."""
+        frames = list(frames) or [None] * len(episodes)
+        self.write(_record(step, e, f) for e, f in zip(episodes, frames, strict=True))
+
+
+def _record(step: int, episode: Episode, frames: dict | None) -> dict:
+    record = {"step": step, **episode.facts(), "policy_versions": episode.policy_versions}
+    if episode.drop_reason:
+        record["drop_reason"] = episode.drop_reason
+    if frames:
+        record["frames"] = frames
+    return record

@@ -27,7 +27,7 @@ from services.trainer.generation import BackendContext, build_backend
 from services.trainer.loading import load_for_training
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.phases import PhaseReference, drop_reference_adapter
-from services.trainer.progress import StepLine
+from services.trainer.progress import METRICS_FILE, MetricsLog, StepLine
 from services.trainer.replay import ReplayBuffer, ReplayTerm
 from services.trainer.restarts import (
     CurriculumCheckpoint,
@@ -38,6 +38,7 @@ from services.trainer.restarts import (
 from services.trainer.rewards import build_rewards
 from services.trainer.rollout_func import BrowserRollout
 from services.trainer.stack import RolloutStack
+from services.trainer.trackers import report_to
 from services.trainer.trl_compat import log_step_metrics, score_only_completion_tokens_on_cpu
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ def grpo_args(cfg: TrainerConfig):
         save_total_limit=cfg.checkpoint.save_total_limit,
         push_to_hub=cfg.checkpoint.push_to_hub,
         hub_model_id=cfg.checkpoint.hub_model_id,
-        report_to=[],
+        report_to=report_to(cfg.run),
+        run_name=f"{cfg.run.output_dir.name}/grpo",  # trackio, W&B: one run per stage
+        project="browser-rl",  # trackio's project
         remove_unused_columns=False,
         dataloader_num_workers=0,
         log_completions=False,
@@ -229,9 +232,11 @@ def build_training(
         metrics,
         every=cfg.run.log_every_steps,
         max_minutes=cfg.run.max_train_minutes,
+        report=lambda figures: log_step_metrics(trainer, figures),
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(progress)
+    trainer.add_callback(MetricsLog(cfg.run.output_dir / METRICS_FILE, "grpo"))
     curriculum_checkpoint = CurriculumCheckpoint(curriculum)
     trainer.add_callback(curriculum_checkpoint)
     graceful_stop = GracefulStop()

@@ -23,6 +23,7 @@ import yaml
 from services.trainer.config import TrainerConfig, dump_config
 from services.trainer.envs import EnvPods, env_pods
 from services.trainer.metrics import TrainerMetrics, serve
+from services.trainer.trackers import report_to
 from services.trainer.trajectories import SHARD_PATTERN
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
     evaluating = evaluate_after and cfg.eval.after_training
     # A base report that cannot be reused fails now, not after training.
     before = reused_base(cfg) if evaluating and cfg.eval.base_results is not None else None
+    report_to(cfg.run)  # and so does a tracker that is not installed
     with env_pods(cfg) as pods:
         start = cfg
         final = None
@@ -104,6 +106,9 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
             metrics.stage_started("eval")
             evaluate(cfg, start, final, pods, before)
     log.info("total wall time %.0f s", time.monotonic() - started)
+    from services.trainer.run_report import write_report
+
+    log.info("report (evaluation, training curves, episodes): %s", write_report(out))
     return 0
 
 

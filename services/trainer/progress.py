@@ -2,22 +2,28 @@
 
 ``StepStats`` summarises one rollout; ``StepLine`` replaces TRL's raw log dict with a progress bar
 and one line per step, feeds the trainer's gauges, enforces ``run.max_train_minutes`` and asks for
-a checkpoint at the end.
+a checkpoint at the end; ``MetricsLog`` keeps every logged step in ``<run>/metrics.jsonl`` for the
+run's plots.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from transformers import ProgressCallback
+from transformers import ProgressCallback, TrainerCallback
 
+from services.trainer.episode_log import StepRecords
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.rollout import Episode
 
 log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+"""In the run folder: every logged step of every stage (``MetricsLog``)."""
 
 
 @dataclass
@@ -77,6 +83,7 @@ class StepStats:
             "rollout/seconds": self.seconds,
             "rollout/episodes_per_second": self.episodes_per_second,
             "rollout/tokens_per_second": self.tokens_per_second,
+            **{f"success/{task}": wins / n for task, (wins, n) in self.by_task.items()},
         }
 
 
@@ -89,8 +96,10 @@ class StepLine(ProgressCallback):
         metrics: TrainerMetrics,
         every: int = 1,
         max_minutes: float | None = None,
+        report: Callable[[Mapping[str, float]], None] | None = None,
     ) -> None:
         super().__init__()
+        self.report = report  # figures for TRL's per-step log (trl_compat.log_step_metrics)
         self.max_minutes = max_minutes
         self.deadline: float | None = None
         self._last_rollout = last_rollout  # () -> StepStats of the step's rollout
@@ -117,6 +126,8 @@ class StepLine(ProgressCallback):
         total = time.perf_counter() - self._step_start
         self.update_seconds = max(total - self._last_rollout().seconds, 0.0)
         self.metrics.update_done(state.global_step, self.update_seconds, {})
+        if self.report is not None:
+            self.report({"update/seconds": self.update_seconds})
         over_budget = self.deadline is not None and time.monotonic() > self.deadline
         if over_budget and not control.should_training_stop:
             log.info("run.max_train_minutes reached after step %d: stopping", state.global_step)
@@ -173,3 +184,21 @@ class StepLine(ProgressCallback):
             self.training_bar.write(line)
         else:
             print(line, flush=True)
+
+
+class MetricsLog(TrainerCallback):
+    """``<run>/metrics.jsonl``: one record per logged step of a stage (TRL's figures and ours:
+    loss, KL, per-task success, curriculum weights, timings), written as the run goes, read by
+    the run's plots. A resumed stage first drops its records of steps after the checkpoint."""
+
+    def __init__(self, path: Path, stage: str) -> None:
+        self.records = StepRecords(path)
+        self.stage = stage
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.records.rewind(state.global_step, stage=self.stage)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            record = {"stage": self.stage, "step": state.global_step, "time": time.time()}
+            self.records.write([record | logs])

@@ -33,6 +33,7 @@ from services.trainer.env_pool import (
     NoEndpointsError,
     TaskFailedError,
 )
+from services.trainer.frames import Frame, frame_of
 from services.trainer.generation.base import (
     Generation,
     GenerationBackend,
@@ -63,6 +64,8 @@ class EpisodeRequest:
 
     task: str
     seed: int
+    frames: bool = field(default=False, compare=False)
+    """Keep a screenshot of every turn's page and the element acted on (``frames.py``)."""
 
 
 @dataclass
@@ -82,6 +85,8 @@ class Turn:
     error: str = ""
     """The env's error for that action ('' when it ran)."""
     reward: float = 0.0
+    frame: Frame | None = None
+    """The page the action was taken on, when the request asked for frames."""
 
 
 @dataclass
@@ -106,6 +111,8 @@ class Episode:
     drop_reason: str | None = None
     goal: str = ""
     turn_log: list[Turn] = field(default_factory=list)
+    final_frame: Frame | None = None
+    """The page the last action left, when the request asked for frames."""
 
     @property
     def success(self) -> bool:
@@ -120,6 +127,7 @@ class Episode:
         return {
             "task": self.task,
             "seed": self.seed,
+            "goal": self.goal,
             "reward": self.reward,
             "outcome": self.outcome,
             "turns": self.turns,
@@ -360,7 +368,9 @@ class RolloutEngine:
     async def _play_once(self, request: EpisodeRequest, avoid: set[str]) -> Episode:
         max_turns = self.max_turns(request.task)
         # The env ends the episode at the same cap (counted as truncated, not abandoned).
-        options = BrowserResetOptions(task=request.task, seed=request.seed, max_steps=max_turns)
+        options = BrowserResetOptions(
+            task=request.task, seed=request.seed, max_steps=max_turns, screenshot=request.frames
+        )
         async with self.pool.session(options, avoid=avoid) as session:
             self.replies.episode_started()
             try:
@@ -383,12 +393,21 @@ class RolloutEngine:
             ep.generated_tokens += len(gen.token_ids)
             ep.policy_versions.append(gen.policy_version)
             action = self._action_of(ep, gen.text)
-            seen = obs.axtree_txt
+            before = obs
             obs = await session.step(action)
             ep.turns = turn
             ep.turn_log.append(
-                Turn(seen, action, start, len(ep.completion_ids), obs.error, float(obs.reward or 0))
+                Turn(
+                    before.axtree_txt,
+                    action,
+                    start,
+                    len(ep.completion_ids),
+                    obs.error,
+                    float(obs.reward or 0),
+                    frame_of(before, action),
+                )
             )
+            ep.final_frame = frame_of(obs)
             if obs.done and not obs.truncated:
                 ep.reward = float(obs.reward or 0.0)
                 ep.outcome = "success" if succeeded(ep.reward) else "failure"

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from services.trainer.config import TrainerConfig
 from services.trainer.curriculum import Curriculum
 from services.trainer.dataset import parse_episode_prompt
 from services.trainer.episode_log import EpisodeLog
+from services.trainer.frames import FrameWriter
 from services.trainer.generation.base import wait_until_ready
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.progress import StepStats
@@ -72,16 +74,24 @@ class BrowserRollout:
         step = trainer.state.global_step
         self.metrics.set_policy_version(step)
         requests = self.curriculum.assign([parse_episode_prompt(p) for p in prompts])
+        every = self.cfg.run.frames_every_steps
+        frames = None
+        if every is not None and (step + 1) % every == 0:
+            frames = FrameWriter(self.cfg.run.output_dir, f"frames/step-{step + 1}")
+            requests = [replace(r, frames=True) for r in requests]
         started = time.perf_counter()
         episodes = self.play_some(requests)
         seconds = time.perf_counter() - started
         self.curriculum.record(episodes)
         self.last = StepStats.of(episodes, seconds)
         self.metrics.rollout_done(episodes, seconds)
-        self.metrics.curriculum_weights(self.curriculum.weights())
-        log_step_metrics(trainer, self.last.trl_metrics())
+        weights = self.curriculum.weights()
+        self.metrics.curriculum_weights(weights)
+        curriculum = {f"curriculum/{task}": weight for task, weight in weights.items()}
+        log_step_metrics(trainer, self.last.trl_metrics() | curriculum)
         if self.episode_log is not None:
-            self.episode_log.append(step + 1, episodes)
+            index = [frames.write(e) for e in episodes] if frames is not None else []
+            self.episode_log.append(step + 1, episodes, index)
         if self.trajectories is not None:
             self.trajectories.add(self.stack.records(episodes, "training", step))
             self.trajectories.flush()

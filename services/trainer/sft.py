@@ -26,7 +26,9 @@ from transformers import TrainerCallback
 from services.protocol.trajectory import Trajectory
 from services.trainer.config import TrainerConfig
 from services.trainer.metrics import TrainerMetrics
+from services.trainer.progress import METRICS_FILE, MetricsLog
 from services.trainer.prompts import PromptBuilder
+from services.trainer.trackers import report_to
 from services.trainer.trajectories import read_trajectories
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,9 @@ def sft_args(cfg: TrainerConfig):
         save_strategy="steps",
         save_steps=s.save_steps,
         save_total_limit=2,
-        report_to=[],
+        report_to=report_to(cfg.run),
+        run_name=f"{cfg.run.output_dir.name}/sft",  # trackio, W&B: one run per stage
+        project="browser-rl",  # trackio's project
         use_cpu=cfg.use_cpu,
         bf16=cfg.model.dtype == "bfloat16",
         fp16=cfg.model.dtype == "float16",
@@ -144,7 +148,7 @@ def run_sft(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(cfg),
-        callbacks=[SftProgress(metrics)],
+        callbacks=[SftProgress(metrics), MetricsLog(cfg.run.output_dir / METRICS_FILE, "sft")],
     )
     out = cfg.sft_folder
     resume = last_complete_checkpoint(out) if cfg.checkpoint.resume_from_checkpoint else None

@@ -7,10 +7,16 @@ move to the other); tiny models are built once (hidden 64, 2 layers, locally tra
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 from aiohttp import web
 
 from services.trainer.generation.scripted import ScriptedBackend
+
+# trackio reads TRACKIO_DIR once, when TRL first imports it: tests write to a scratch database.
+os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="trackio-tests-"))
 
 
 @pytest.fixture(scope="session")

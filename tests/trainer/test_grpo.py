@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import uuid
 
 import psutil
 import pytest
@@ -13,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.trainer.config import load_config
 from services.trainer.grpo import build_training, run_training
+from services.trainer.plots import read_metrics
 from services.trainer.rollout import Episode
 from services.trainer.trl_batch import to_trl_batch
 from tests.trainer.conftest import train
@@ -53,6 +55,7 @@ def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
     env_pods, tiny_chat_model, tmp_path
 ):
     cfg = _config(tiny_chat_model, tmp_path / "run", curriculum="learnability")
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"frames_every_steps": 2})})
     training, final = train(cfg, tiny_chat_model, env_pods)
 
     assert training.trainer.state.global_step == 2
@@ -80,6 +83,23 @@ def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
     shares = [_metric(training, "trainer_curriculum_weight", task=t) for t in TASKS]
     assert all(s > 0 for s in shares) and sum(shares) == pytest.approx(1.0)
     assert all(r["turns"] == len(r["actions"]) >= 1 for r in records)
+    # Every 2nd step keeps each turn's page and the element its action named.
+    assert [("frames" in r) for r in records] == [False] * 4 + [True] * 4
+    for r in records[4:]:
+        turns = r["frames"]["turns"]
+        assert [t["action"] for t in turns] == [*r["actions"], None]
+        assert all((tmp_path / "run" / t["file"]).is_file() for t in turns)
+        assert r["frames"]["gif"].startswith("frames/step-2/")
+    # metrics.jsonl keeps every logged step for the plots: TRL's figures and ours.
+    steps = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    per_step = [r for r in steps if "loss" in r]
+    assert [(r["stage"], r["step"]) for r in per_step] == [("grpo", 1), ("grpo", 2)]
+    assert all(
+        {"reward", "update/seconds", "rollout/seconds"} <= r.keys()
+        and any(k.startswith("success/") for k in r)
+        and {f"curriculum/{t}" for t in TASKS} <= r.keys()
+        for r in per_step
+    )
 
     # Resume from the newest checkpoint: the count continues at 2, one more step to 3.
     resumed_cfg = _config(tiny_chat_model, tmp_path / "run", max_steps=3)
@@ -91,6 +111,37 @@ def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
     resumed, _ = train(resumed_cfg, tiny_chat_model, env_pods)
     assert resumed.trainer.state.global_step == 3
     assert len(resumed.progress.lines) == 1 and resumed.progress.lines[0].startswith("step 3/3")
+    per_step = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in per_step] == [1, 2, 3]  # each step once across the resume
+
+
+def test_trackers_get_the_per_task_success_beside_trls_figures(env_pods, tiny_chat_model, tmp_path):
+    """run.report_to: TensorBoard's event files and trackio's database hold our series, read
+    back with each tracker's own reader (trackio's database is the session's TRACKIO_DIR:
+    conftest.py)."""
+    name = f"run-{uuid.uuid4().hex[:8]}"  # trackio's runs are named after the run folder
+    cfg = _config(tiny_chat_model, tmp_path / name, max_steps=1)
+    cfg = cfg.model_copy(
+        update={"run": cfg.run.model_copy(update={"report_to": ["tensorboard", "trackio"]})}
+    )
+    train(cfg, tiny_chat_model, env_pods)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = {p.parent for p in (tmp_path / name / "runs").rglob("events.out.tfevents.*")}
+    board = EventAccumulator(str(events))
+    board.Reload()
+    tags = board.Tags()["scalars"]
+    assert {"train/loss", "train/rollout/success_rate"} <= set(tags)
+    success = [t for t in tags if t.startswith("train/success/")]
+    assert success and {t.removeprefix("train/success/") for t in success} <= set(TASKS)
+    assert all(0.0 <= e.value <= 1.0 for t in success for e in board.Scalars(t))
+
+    from trackio.sqlite_storage import SQLiteStorage
+
+    logs = SQLiteStorage.get_logs("browser-rl", f"{name}/grpo")
+    series = {k for entry in logs for k in entry if k.startswith("train/success/")}
+    assert series and {k.removeprefix("train/success/") for k in series} <= set(TASKS)
 
 
 @pytest.fixture

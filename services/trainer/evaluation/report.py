@@ -100,6 +100,9 @@ class EpisodeRecord:
     actions: list[str]
     invalid_actions: int
     infra_retries: int
+    goal: str = ""
+    frames: dict | None = None
+    """Where its screenshots are (``frames.FrameWriter.write``), when they were kept."""
 
 
 @dataclass

@@ -25,6 +25,7 @@ from services.trainer.evaluation.report import (
     score_episodes,
     write_reports,
 )
+from services.trainer.frames import FrameWriter
 from services.trainer.generation import BackendContext, build_backend
 from services.trainer.generation.base import GenerationBackend
 from services.trainer.loading import PolicySpec, load_for_generation
@@ -35,9 +36,14 @@ from services.trainer.trajectories import TrajectoryWriter
 log = logging.getLogger(__name__)
 
 
-def eval_requests(settings: EvalSettings) -> list[EpisodeRequest]:
-    """Task-major list of (task, held-out seed) episodes."""
-    return [EpisodeRequest(task=t, seed=s) for t in settings.tasks for s in settings.seeds]
+def eval_requests(settings: EvalSettings, frame_seeds: int = 0) -> list[EpisodeRequest]:
+    """Task-major list of (task, held-out seed) episodes; the first ``frame_seeds`` seeds of
+    each task keep their frames."""
+    return [
+        EpisodeRequest(task=t, seed=s, frames=n < frame_seeds)
+        for t in settings.tasks
+        for n, s in enumerate(settings.seeds)
+    ]
 
 
 def evaluate_backend(
@@ -50,11 +56,13 @@ def evaluate_backend(
     model: str,
     adapter: str | None = None,
     trajectories: TrajectoryWriter | None = None,
+    frames: FrameWriter | None = None,
 ) -> PolicyReport:
     """Measure one policy, given as a generation backend (+ its tokenizer), on the env pods;
-    with ``trajectories``, every played episode is saved there too."""
+    with ``trajectories``, every played episode is saved there too, with ``frames`` every
+    turn's screenshot."""
     settings = EvalSettings.of(cfg)
-    requests = eval_requests(settings)
+    requests = eval_requests(settings, cfg.eval.frame_seeds if frames is not None else 0)
     finished = 0
 
     def progress(episode: Episode) -> None:
@@ -83,6 +91,9 @@ def evaluate_backend(
     finally:
         stack.close()
     scores, records = score_episodes(episodes, settings.tasks)
+    if frames is not None:
+        for record, episode in zip(records, episodes, strict=True):
+            record.frames = frames.write(episode)
     return PolicyReport(
         label=label,
         model=model,
@@ -99,6 +110,7 @@ def evaluate_policy(
     spec: PolicySpec,
     discovery: Discovery,
     trajectories: TrajectoryWriter | None = None,
+    frames: FrameWriter | None = None,
 ) -> PolicyReport:
     """Measure ``spec`` with the configured generation backend, in its own prompt format;
     in-process weights are freed after."""
@@ -124,6 +136,7 @@ def evaluate_policy(
             model=spec.model,
             adapter=spec.adapter,
             trajectories=trajectories,
+            frames=frames,
         )
     finally:
         loaded.clear()  # free the weights before the next policy loads
@@ -159,7 +172,9 @@ def compare(
             if cfg.eval.save_trajectories
             else None
         )
-        report = evaluate_policy(cfg, spec, pods.discovery(), trajectories)
+        keep = cfg.eval.frame_seeds > 0
+        frames = FrameWriter(Path(out_dir), f"frames/{spec.label}") if keep else None
+        report = evaluate_policy(cfg, spec, pods.discovery(), trajectories, frames)
         log.info("%s: mean success %s in %.0f s", spec.label, report.mean_success, report.wall_s)
         reports.append(report)
     json_path, md_path = write_reports(reports, EvalSettings.of(cfg), out_dir)
