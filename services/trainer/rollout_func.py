@@ -88,7 +88,11 @@ class BrowserRollout:
         weights = self.curriculum.weights()
         self.metrics.curriculum_weights(weights)
         curriculum = {f"curriculum/{task}": weight for task, weight in weights.items()}
-        log_step_metrics(trainer, self.last.trl_metrics() | curriculum)
+        versions = [v for e in episodes for v in e.policy_versions]
+        # How many updates behind the policy being trained the oldest sampled turn was (0 when
+        # the trainer generates itself; a served policy may lag a push).
+        staleness = {"rollout/max_staleness": step - min(versions)} if versions else {}
+        log_step_metrics(trainer, self.last.trl_metrics() | curriculum | staleness)
         if self.episode_log is not None:
             index = [frames.write(e) for e in episodes] if frames is not None else []
             self.episode_log.append(step + 1, episodes, index)

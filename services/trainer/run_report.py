@@ -93,13 +93,13 @@ def write_report(run_dir: Path) -> Path:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a run folder")
     plots = draw_plots(run_dir / METRICS_FILE, run_dir / "plots")
-    evaluation = _evaluation(run_dir / "eval" / "eval.json")
+    trained, evaluation = _evaluation(run_dir / "eval" / "eval.json")
     training = _read_jsonl(run_dir / "episodes.jsonl")[-MAX_TRAINING_EPISODES:]
     tasks = sorted({e["task"] for e in training} | {e.task for r in evaluation for e in r.episodes})
     body = [
         f"<h1>Run {html.escape(run_dir.name)}</h1>",
         f'<p class="muted">{html.escape(str(run_dir.resolve()))}</p>',
-        _scores_section(evaluation),
+        _scores_section(evaluation, trained),
         _plots_section(plots),
         _filters(tasks),
         _eval_episodes_section(evaluation, run_dir),
@@ -116,13 +116,15 @@ def write_report(run_dir: Path) -> Path:
     return out
 
 
-def _evaluation(path: Path) -> list[PolicyReport]:
+def _evaluation(path: Path) -> tuple[list[str], list[PolicyReport]]:
+    """(the run's training tasks, the policies' reports) of ``eval.json``, if there is one."""
     if not path.is_file():
-        return []
+        return [], []
     try:
-        return load_reports(path)[1]
+        settings, reports = load_reports(path)
     except EvalError:
-        return []
+        return [], []
+    return list(settings.get("trained_tasks", [])), reports
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -144,20 +146,28 @@ def _rate(report: PolicyReport, task: str) -> str:
     return f"{score.success_rate:.2f} ({score.successes}/{score.episodes})"
 
 
-def _scores_section(reports: Sequence[PolicyReport]) -> str:
+def _scores_section(reports: Sequence[PolicyReport], trained: Sequence[str]) -> str:
+    """Per task, each policy's success; means over the trained and the held-out tasks apart."""
     if not reports:
         return "<h2>Evaluation</h2><p>No evaluation in this run (eval/eval.json).</p>"
     tasks = list(dict.fromkeys(t for r in reports for t in r.scores))
+    held_out = [t for t in tasks if trained and t not in trained]
     head = "".join(f"<th>{html.escape(r.label)}</th>" for r in reports)
     rows = []
     for task in tasks:
         cells = "".join(f"<td>{_rate(r, task)}</td>" for r in reports)
-        rows.append(f"<tr><td>{html.escape(task)}</td>{cells}{_change(reports, task)}</tr>")
-    means = "".join(
-        f"<td><b>{m:.3f}</b></td>" if (m := r.mean_success) is not None else "<td>n/a</td>"
-        for r in reports
-    )
-    rows.append(f"<tr><td><b>mean</b></td>{means}<td></td></tr>")
+        name = f"{task} (held out)" if task in held_out else task
+        rows.append(f"<tr><td>{html.escape(name)}</td>{cells}{_change(reports, task)}</tr>")
+    groups = [("mean", tasks)]
+    if held_out:
+        kept = [t for t in tasks if t not in held_out]
+        groups = [("mean, trained tasks", kept), ("mean, held-out tasks", held_out)]
+    for title, group in groups:
+        means = "".join(
+            f"<td><b>{m:.3f}</b></td>" if (m := r.mean_over(group)) is not None else "<td>n/a</td>"
+            for r in reports
+        )
+        rows.append(f"<tr><td><b>{title}</b></td>{means}<td></td></tr>")
     return (
         "<h2>Evaluation: held-out seeds, greedy</h2>"
         f"<table><tr><th>task</th>{head}<th>change</th></tr>{''.join(rows)}</table>"

@@ -95,7 +95,7 @@ def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
     per_step = [r for r in steps if "loss" in r]
     assert [(r["stage"], r["step"]) for r in per_step] == [("grpo", 1), ("grpo", 2)]
     assert all(
-        {"reward", "update/seconds", "rollout/seconds"} <= r.keys()
+        {"reward", "update/seconds", "rollout/seconds", "rollout/max_staleness"} <= r.keys()
         and any(k.startswith("success/") for k in r)
         and {f"curriculum/{t}" for t in TASKS} <= r.keys()
         for r in per_step

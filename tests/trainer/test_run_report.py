@@ -75,7 +75,7 @@ def run_dir(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     _metrics(run / "metrics.jsonl")
-    settings = EvalSettings(TASKS, 2, 1000, 10, 0.0, 24, trained_tasks=TASKS)
+    settings = EvalSettings(TASKS, 2, 1000, 10, 0.0, 24, trained_tasks=TASKS[:1])
     base = _policy(
         "base",
         {(t, s): "failure" for t in TASKS for s in (1000, 1001)},
@@ -165,6 +165,9 @@ def _ink(png: bytes) -> float:
 def test_the_report_loads_in_chromium_with_its_plots_and_working_filters(run_dir):
     assert main(["report", str(run_dir)]) == 0
     assert {p.name for p in (run_dir / "plots").glob("*.png")} == set(FIGURES)
+    page = (run_dir / "report.html").read_text()
+    assert "<td>click-link (held out)</td>" in page  # not among the training tasks
+    assert "<td><b>mean, trained tasks</b></td><td><b>0.000</b></td><td><b>0.500</b></td>" in page
     with _opened(run_dir / "report.html") as (page, errors):
         assert errors == []
         images = page.locator(".plots img")
