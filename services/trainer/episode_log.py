@@ -24,6 +24,19 @@ class StepRecords:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def read(self) -> list[dict]:
+        """Every record, in order (none when the file is missing; a line a crash cut is
+        skipped)."""
+        if not self.path.is_file():
+            return []
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records
+
     def write(self, records: Iterable[dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as out:

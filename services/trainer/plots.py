@@ -8,29 +8,18 @@ figure whose figures the run never logged (no GRPO stage, no curriculum) is left
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
 import matplotlib
 
+from services.trainer.episode_log import StepRecords
+
 matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt
 
 Records = list[dict]
-
-
-def read_metrics(path: Path) -> Records:
-    """The records of ``metrics.jsonl`` (a line cut by a crash is skipped)."""
-    records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
 
 
 def _steps(records: Records, stage: str) -> Records:
@@ -152,7 +141,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
 
 def draw_plots(metrics_file: Path, out_dir: Path) -> list[Path]:
     """Every figure the run has figures for, as ``out_dir/<name>.png``; the files written."""
-    records = read_metrics(metrics_file)
+    records = StepRecords(metrics_file).read()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, (stage, draw) in FIGURES.items():

@@ -13,12 +13,12 @@ from __future__ import annotations
 import base64
 import functools
 import html
-import json
 from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 
 from services.protocol.trajectory import TurnRecord
+from services.trainer.episode_log import StepRecords
 from services.trainer.evaluation.report import (
     EpisodeRecord,
     EvalError,
@@ -94,7 +94,7 @@ def write_report(run_dir: Path) -> Path:
         raise FileNotFoundError(f"{run_dir} is not a run folder")
     plots = draw_plots(run_dir / METRICS_FILE, run_dir / "plots")
     trained, evaluation = _evaluation(run_dir / "eval" / "eval.json")
-    training = _read_jsonl(run_dir / "episodes.jsonl")[-MAX_TRAINING_EPISODES:]
+    training = StepRecords(run_dir / "episodes.jsonl").read()[-MAX_TRAINING_EPISODES:]
     tasks = sorted({e["task"] for e in training} | {e.task for r in evaluation for e in r.episodes})
     body = [
         f"<h1>Run {html.escape(run_dir.name)}</h1>",
@@ -125,18 +125,6 @@ def _evaluation(path: Path) -> tuple[list[str], list[PolicyReport]]:
     except EvalError:
         return [], []
     return list(settings.get("trained_tasks", [])), reports
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by a crash
-    return records
 
 
 def _rate(report: PolicyReport, task: str) -> str:

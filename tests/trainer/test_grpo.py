@@ -13,8 +13,8 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.trainer.config import load_config
+from services.trainer.episode_log import StepRecords
 from services.trainer.grpo import build_training, run_training
-from services.trainer.plots import read_metrics
 from services.trainer.rollout import Episode
 from services.trainer.trl_batch import to_trl_batch
 from tests.trainer.conftest import train
@@ -91,7 +91,7 @@ def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
         assert all((tmp_path / "run" / t["file"]).is_file() for t in turns)
         assert r["frames"]["gif"].startswith("frames/step-2/")
     # metrics.jsonl keeps every logged step for the plots: TRL's figures and ours.
-    steps = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    steps = StepRecords(tmp_path / "run" / "metrics.jsonl").read()
     per_step = [r for r in steps if "loss" in r]
     assert [(r["stage"], r["step"]) for r in per_step] == [("grpo", 1), ("grpo", 2)]
     assert all(
@@ -111,7 +111,7 @@ def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
     resumed, _ = train(resumed_cfg, tiny_chat_model, env_pods)
     assert resumed.trainer.state.global_step == 3
     assert len(resumed.progress.lines) == 1 and resumed.progress.lines[0].startswith("step 3/3")
-    per_step = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    per_step = [r for r in StepRecords(tmp_path / "run" / "metrics.jsonl").read() if "loss" in r]
     assert [r["step"] for r in per_step] == [1, 2, 3]  # each step once across the resume
 
 
