@@ -621,6 +621,12 @@ class DemosConfig(_Section):
         ),
     )
     episodes_per_task: int = Field(40, ge=1, description="Episodes played per training task.")
+    task_episodes: dict[str, int] = Field(
+        default_factory=dict,
+        description="Episodes for named tasks, in place of episodes_per_task (names outside "
+        "tasks.train are ignored): more pages where the policy reads worst, fewer where a few "
+        "suffice.",
+    )
     temperature: float = Field(
         0.7, gt=0, le=2.0, description="Sampling temperature (rejection, teacher)."
     )
@@ -643,7 +649,13 @@ class DemosConfig(_Section):
     def _teacher(self) -> DemosConfig:
         if self.source == "teacher" and not self.teacher:
             raise ValueError("demos.source teacher needs demos.teacher (its model source)")
+        if any(v < 1 for v in self.task_episodes.values()):
+            raise ValueError("demos.task_episodes values must be >= 1")
         return self
+
+    def episodes_for(self, task: str) -> int:
+        per_task = {canonical_task(k): v for k, v in self.task_episodes.items()}
+        return per_task.get(canonical_task(task), self.episodes_per_task)
 
 
 class SftConfig(_Section):
@@ -773,7 +785,10 @@ class TrainerConfig(_Section):
                 "the inference service serves, so an adapter would land on the wrong base; use "
                 "policy_sync.mode full (a LoRA adapter is merged and pushed whole)"
             )
-        demo_stop = self.demos.seed_start + self.demos.episodes_per_task
+        demo_stop = self.demos.seed_start + max(
+            (self.demos.episodes_for(task) for task in self.tasks.names),
+            default=self.demos.episodes_per_task,
+        )
         if self.demos.seed_start < eval_stop and demo_stop > self.eval.seed_start:
             raise ValueError(
                 f"demonstration seeds [{self.demos.seed_start}, {demo_stop}) overlap the eval "
@@ -790,7 +805,12 @@ class TrainerConfig(_Section):
             )
         if self.model.dtype != "float32" and self.use_cpu:
             raise ValueError("model.dtype must be float32 with use_cpu (bf16 training on CPU)")
-        names = [*self.tasks.train, *self.tasks.max_turns_per_task, *(self.eval.tasks or [])]
+        names = [
+            *self.tasks.train,
+            *self.tasks.max_turns_per_task,
+            *self.demos.task_episodes,
+            *(self.eval.tasks or []),
+        ]
         try:
             check_tasks(names, self.known_tasks())
         except UnknownTaskError as exc:

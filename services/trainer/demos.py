@@ -34,9 +34,14 @@ log = logging.getLogger(__name__)
 
 
 def demo_requests(cfg: TrainerConfig) -> list[EpisodeRequest]:
-    """``episodes_per_task`` pages of every training task, seeds from ``demos.seed_start``."""
-    seeds = range(cfg.demos.seed_start, cfg.demos.seed_start + cfg.demos.episodes_per_task)
-    return [EpisodeRequest(task, seed) for task in cfg.tasks.names for seed in seeds]
+    """``demos.episodes_for(task)`` pages of every training task, seeds from
+    ``demos.seed_start``."""
+    start = cfg.demos.seed_start
+    return [
+        EpisodeRequest(task, seed)
+        for task in cfg.tasks.names
+        for seed in range(start, start + cfg.demos.episodes_for(task))
+    ]
 
 
 def sampling_protocol(cfg: TrainerConfig, prompts) -> RolloutProtocol:

@@ -119,7 +119,8 @@ def plan(cfg: TrainerConfig, evaluate_after: bool) -> str:
     if cfg.sft.enabled:
         if not cfg.sft.datasets:
             d = cfg.demos
-            stages.append(f"demonstrations ({d.source}, {d.episodes_per_task} x {tasks} tasks)")
+            episodes = sum(d.episodes_for(task) for task in cfg.tasks.names)
+            stages.append(f"demonstrations ({d.source}, {episodes} episodes over {tasks} tasks)")
         taught = f", teaching {cfg.sft.prompt_format} prompts" if cfg.sft.prompt_format else ""
         epochs = f"{cfg.sft.epochs:g} epoch" + ("" if cfg.sft.epochs == 1 else "s")
         stages.append(f"SFT ({epochs}{taught})")

@@ -76,6 +76,12 @@ def _with(**changes):
         ({"demos__source": "teacher"}, r"demos\.source teacher needs demos\.teacher"),
         ({"demos__seed_start": 1_000_010}, r"demonstration seeds .* overlap the eval seeds"),
         (
+            {"demos__seed_start": 999_990, "demos__task_episodes": {"click-test": 20}},
+            r"demonstration seeds \[999990, 1000010\) overlap the eval seeds",
+        ),
+        ({"demos__task_episodes": {"click-tst": 5}}, r"click-tst"),
+        ({"demos__task_episodes": {"click-test": 0}}, r"task_episodes values must be >= 1"),
+        (
             {"sft__enabled": True, "policy_sync__enabled": True},
             r"sft\.enabled with policy_sync\.mode adapter: .* use policy_sync\.mode full",
         ),
