@@ -14,6 +14,9 @@ processes), follows env discovery and runs the configured stages in order (``pip
 demonstrations and the SFT warm-up (``sft.enabled``), GRPO (``grpo.max_steps > 0``), then
 (``eval.after_training``) base vs final policy on held-out seeds, the table printed.
 
+Under ``torchrun --nproc-per-node G -m services.trainer train ...`` every process trains and
+rank 0 alone plays the episodes, serves ``/metrics`` and evaluates (``distributed.py``).
+
 SIGTERM (Kubernetes draining a node, deleting the pod) during GRPO finishes the running step,
 saves a checkpoint and exits 143, so the replacement pod resumes from it; a second SIGTERM, or one
 outside training, exits at once.
@@ -29,7 +32,9 @@ import signal
 import sys
 from pathlib import Path
 
-from services.trainer.config import ConfigError, TrainerConfig, load_config, parse_override
+from services.trainer import distributed
+from services.trainer.config import TrainerConfig, load_config, parse_override
+from services.trainer.distributed import World
 from services.trainer.envs import env_pods
 from services.trainer.evaluation import cli as eval_cli
 from services.trainer.trackers import report_to
@@ -56,13 +61,17 @@ def demos(cfg: TrainerConfig) -> int:
     return 0
 
 
-def sft(cfg: TrainerConfig) -> int:
+def sft(cfg: TrainerConfig, world: World) -> int:
     from services.trainer.pipeline import sft_data
     from services.trainer.sft import run_sft
 
-    with env_pods(cfg) as pods:
-        folder = run_sft(cfg, sft_data(cfg, pods))
-    print(f"SFT model: {folder}", flush=True)
+    if world.main:
+        with env_pods(cfg) as pods:
+            sft_data(cfg, pods)
+    distributed.barrier(world)
+    folder = run_sft(cfg, cfg.sft_sources, world=world)
+    if world.main:
+        print(f"SFT model: {folder}", flush=True)
     return 0
 
 
@@ -96,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("report", help="a run folder's HTML report and training plots")
     report.add_argument("run_dir", help="the run's output_dir, e.g. runs/local_cpu")
     args = parser.parse_args(argv)
+    world = World.from_env()
+    rank = f"[rank {world.rank}] " if world.distributed else ""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO, format=f"%(asctime)s {rank}%(levelname)s %(name)s: %(message)s"
     )
     if args.command == "eval":
         return eval_cli.run_from_args(args)
@@ -106,22 +117,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = _config(args)
         report_to(cfg.run)  # a missing tracker fails now; trackio's folder is set before TRL loads
-    except ConfigError as exc:
+        distributed.check(cfg, world)
+    except ValueError as exc:  # a ConfigError, or what this many processes cannot do
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check":
         print(f"{' + '.join(args.config)}: OK")
         return 0
     _install_diagnostics()
+    distributed.start(world, use_cpu=cfg.use_cpu, timeout_s=cfg.run.distributed_timeout_s)
     if args.command == "demos":
-        return demos(cfg)
+        return demos(cfg) if world.main else 0  # rank 0 plays them
     if args.command == "sft":
-        return sft(cfg)
+        return sft(cfg, world)
     from services.trainer.evaluation.report import EvalError
     from services.trainer.pipeline import run
 
     try:
-        return run(cfg, evaluate_after=not args.no_eval)
+        return run(cfg, evaluate_after=not args.no_eval, world=world)
     except EvalError as exc:
         print(f"evaluation error: {exc}", file=sys.stderr)
         return 2

@@ -140,6 +140,15 @@ class RunConfig(_Section):
             "<output_dir>/trajectories/training, one shard per step."
         ),
     )
+    distributed_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description=(
+            "With several trainer processes (torchrun): how long a rank waits for the others "
+            "inside a collective. Rank 0 alone plays each rollout and the demonstrations while "
+            "the others wait, so this bounds one rollout; past it the run fails, not hangs."
+        ),
+    )
 
 
 class ModelConfig(_Section):
@@ -381,6 +390,11 @@ class ScriptedBackendConfig(_Section):
     """A rule-based policy (reads the goal and page): tests, benchmarks, pipeline checks."""
 
     type: Literal["scripted"] = "scripted"
+    spread: bool = Field(
+        False,
+        description="The k-th sight of the same prompt clicks the k-th button from last: "
+        "rewards that differ inside a GRPO group, the same on every run (no sampling).",
+    )
 
 
 BackendConfig = typed_union("local", LocalBackendConfig, RemoteBackendConfig, ScriptedBackendConfig)
@@ -453,8 +467,9 @@ class GrpoConfig(_Section):
         4,
         ge=1,
         description=(
-            "Samples per forward/backward pass; prompts_per_step * num_generations must be a "
-            "multiple (the rest is gradient accumulation within the step)."
+            "Samples per forward/backward pass of one process; prompts_per_step * "
+            "num_generations must be a multiple (the rest is gradient accumulation within the "
+            "step), and with N trainer processes the micro-batches must split evenly over them."
         ),
     )
     learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate.")
@@ -670,8 +685,15 @@ class SftConfig(_Section):
     successes_only: bool = Field(True, description="Train only on successful trajectories.")
     epochs: float = Field(2.0, gt=0, description="Passes over the data.")
     learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
-    micro_batch_size: int = Field(4, ge=1, description="Sequences per forward/backward pass.")
-    gradient_accumulation_steps: int = Field(2, ge=1, description="Micro-batches per step.")
+    micro_batch_size: int = Field(
+        4, ge=1, description="Sequences per forward/backward pass of one process."
+    )
+    gradient_accumulation_steps: int = Field(
+        2,
+        ge=1,
+        description="Micro-batches per optimizer step, over all trainer processes (N processes "
+        "run 1/N of them each: a step is micro_batch_size * this many sequences on 1 or N).",
+    )
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Linear warm-up share.")
     save_steps: int = Field(200, ge=1, description="Checkpoint every N steps (and at the end).")

@@ -19,10 +19,12 @@ from typing import Any
 
 from transformers import ProgressCallback
 
+from services.trainer import distributed
 from services.trainer.config import TrainerConfig
 from services.trainer.curriculum import build_curriculum
 from services.trainer.dataset import build_dataset
 from services.trainer.discovery import Discovery, StaticDiscovery
+from services.trainer.distributed import SINGLE, World
 from services.trainer.generation import BackendContext, build_backend
 from services.trainer.loading import load_for_training
 from services.trainer.metrics import TrainerMetrics
@@ -36,7 +38,7 @@ from services.trainer.restarts import (
     resume_target,
 )
 from services.trainer.rewards import build_rewards
-from services.trainer.rollout_func import BrowserRollout
+from services.trainer.rollout_func import BrowserRollout, ShardedRollout
 from services.trainer.stack import RolloutStack
 from services.trainer.trackers import report_to
 from services.trainer.trl_compat import log_step_metrics, score_only_completion_tokens_on_cpu
@@ -44,13 +46,19 @@ from services.trainer.trl_compat import log_step_metrics, score_only_completion_
 log = logging.getLogger(__name__)
 
 
-def grpo_args(cfg: TrainerConfig):
+def grpo_args(cfg: TrainerConfig, world: World = SINGLE):
     """TRL's ``GRPOConfig`` from ours: one rollout of ``prompts_per_step × num_generations``
-    episodes per optimizer step, split into micro-batches of ``micro_batch_size`` samples."""
+    episodes per optimizer step, split into micro-batches of ``micro_batch_size`` samples, those
+    spread evenly over the processes (TRL multiplies its batch by their number: the sizes here
+    are per process so that a step is the same on 1 or N)."""
     from trl import GRPOConfig
 
     g = cfg.grpo
-    accumulation = g.micro_batches_per_step
+    accumulation = distributed.per_process(
+        g.micro_batches_per_step,
+        world,
+        "grpo micro-batches per step (prompts_per_step * num_generations / micro_batch_size)",
+    )
     return GRPOConfig(
         output_dir=str(cfg.run.output_dir),
         seed=cfg.run.seed,
@@ -93,6 +101,7 @@ def grpo_args(cfg: TrainerConfig):
         remove_unused_columns=False,
         dataloader_num_workers=0,
         log_completions=False,
+        ddp_timeout=int(cfg.run.distributed_timeout_s),
     )
 
 
@@ -147,23 +156,27 @@ def replay_term(cfg: TrainerConfig, buffer: ReplayBuffer, trainer) -> ReplayTerm
 
 @dataclass
 class Training:
-    """A built trainer and the parts around it (``close`` when done)."""
+    """A built trainer and the parts around it (``close`` when done). Under several processes
+    only rank 0 has a ``rollout`` (it plays every episode), a progress line and a curriculum."""
 
     trainer: Any
-    rollout: BrowserRollout
+    rollout: BrowserRollout | None
+    rollout_func: BrowserRollout | ShardedRollout
     metrics: TrainerMetrics
-    progress: StepLine
+    progress: StepLine | None
     tokenizer: Any
     model_folder: Path | None
-    curriculum_checkpoint: CurriculumCheckpoint
+    curriculum_checkpoint: CurriculumCheckpoint | None
     graceful_stop: GracefulStop
+    world: World
 
     @property
     def stack(self) -> RolloutStack:
+        assert self.rollout is not None, "only rank 0 plays episodes"
         return self.rollout.stack
 
     def close(self) -> None:
-        self.rollout.close()
+        self.rollout_func.close()
 
 
 def build_training(
@@ -173,18 +186,19 @@ def build_training(
     model=None,
     tokenizer=None,
     metrics: TrainerMetrics | None = None,
+    world: World = SINGLE,
 ) -> Training:
     """A ready ``GRPOTrainer`` (model loaded unless given) with the env rollout plugged in.
 
-    ``discovery``: where the env pods are (a ``Discovery``, or a list of URLs for a static one).
+    ``discovery``: where the env pods are (a ``Discovery``, or a list of URLs for a static one;
+    read by rank 0 only).
     """
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from services.trainer.grpo_trainer import BrowserGRPOTrainer
 
+    distributed.check(cfg, world)
     if cfg.use_cpu:
         score_only_completion_tokens_on_cpu()
-    if not isinstance(discovery, Discovery):
-        discovery = StaticDiscovery(discovery)
     folder = None
     if model is None:
         model, tokenizer, folder = load_for_training(cfg)
@@ -192,6 +206,79 @@ def build_training(
         raise ValueError("build_training: a model needs its tokenizer")
     metrics = metrics or TrainerMetrics()
     trainer_ref: list = []
+    rollout = None
+    if world.main:
+        rollout = _browser_rollout(cfg, discovery, tokenizer, metrics, trainer_ref)
+    rollout_func = ShardedRollout(rollout, world) if world.distributed else rollout
+    assert rollout_func is not None
+    buffer = rollout.replay if rollout is not None else None
+    model, peft_config = with_reference_adapter(cfg, model)
+    try:
+        trainer = BrowserGRPOTrainer(
+            model=model,
+            reward_funcs=build_rewards(cfg.rewards),
+            args=grpo_args(cfg, world),
+            train_dataset=build_dataset(cfg),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            rollout_func=rollout_func,
+        )
+    except Exception:
+        rollout_func.close()
+        raise
+    trainer_ref.append(trainer)
+    if buffer is not None:
+        trainer.replay_term = replay_term(cfg, buffer, trainer)
+    trainer.add_callback(
+        PhaseReference(
+            trainer, cfg.grpo.phase_steps, on_phase_start=[buffer.rescore] if buffer else []
+        )
+    )
+    trainer.remove_callback(ProgressCallback)
+    progress = curriculum_checkpoint = None
+    if rollout is not None:
+        progress = StepLine(
+            lambda: rollout.last,
+            metrics,
+            every=cfg.run.log_every_steps,
+            max_minutes=cfg.run.max_train_minutes,
+            report=lambda figures: log_step_metrics(trainer, figures),
+        )
+        trainer.add_callback(progress)
+        trainer.add_callback(MetricsLog(cfg.run.output_dir / METRICS_FILE, "grpo"))
+        curriculum_checkpoint = CurriculumCheckpoint(rollout.curriculum)
+        trainer.add_callback(curriculum_checkpoint)
+    graceful_stop = GracefulStop(world)
+    trainer.add_callback(graceful_stop)
+    if cfg.policy_sync.enabled:
+        from services.trainer.policy_sync import build_callback
+
+        trainer.add_callback(build_callback(cfg.policy_sync, push_at_start=cfg.sft.enabled))
+    return Training(
+        trainer,
+        rollout,
+        rollout_func,
+        metrics,
+        progress,
+        tokenizer,
+        folder,
+        curriculum_checkpoint,
+        graceful_stop,
+        world,
+    )
+
+
+def _browser_rollout(
+    cfg: TrainerConfig,
+    discovery: Discovery | Sequence[str],
+    tokenizer,
+    metrics: TrainerMetrics,
+    trainer_ref: list,
+) -> BrowserRollout:
+    """Rank 0's episode player: generation backend, rollout stack, curriculum, replay buffer.
+    ``trainer_ref`` holds the trainer once it exists (the local backend samples its model)."""
+    if not isinstance(discovery, Discovery):
+        discovery = StaticDiscovery(discovery)
     context = BackendContext(
         tokenizer=tokenizer,
         model=lambda: trainer_ref[0].accelerator.unwrap_model(trainer_ref[0].model),
@@ -202,51 +289,8 @@ def build_training(
     curriculum = build_curriculum(cfg.curriculum, cfg.tasks.names, seed=cfg.run.seed)
     eos = tokenizer.eos_token_id
     buffer = replay_buffer(cfg, stack.prompts) if cfg.replay.enabled else None
-    rollout = BrowserRollout(
+    return BrowserRollout(
         cfg, stack, curriculum, metrics, eos if isinstance(eos, int) else eos[0], buffer
-    )
-    model, peft_config = with_reference_adapter(cfg, model)
-    try:
-        trainer = BrowserGRPOTrainer(
-            model=model,
-            reward_funcs=build_rewards(cfg.rewards),
-            args=grpo_args(cfg),
-            train_dataset=build_dataset(cfg),
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            rollout_func=rollout,
-        )
-    except Exception:
-        rollout.close()
-        raise
-    trainer_ref.append(trainer)
-    if buffer is not None:
-        trainer.replay_term = replay_term(cfg, buffer, trainer)
-    trainer.add_callback(
-        PhaseReference(
-            trainer, cfg.grpo.phase_steps, on_phase_start=[buffer.rescore] if buffer else []
-        )
-    )
-    progress = StepLine(
-        lambda: rollout.last,
-        metrics,
-        every=cfg.run.log_every_steps,
-        max_minutes=cfg.run.max_train_minutes,
-        report=lambda figures: log_step_metrics(trainer, figures),
-    )
-    trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(progress)
-    trainer.add_callback(MetricsLog(cfg.run.output_dir / METRICS_FILE, "grpo"))
-    curriculum_checkpoint = CurriculumCheckpoint(curriculum)
-    trainer.add_callback(curriculum_checkpoint)
-    graceful_stop = GracefulStop()
-    trainer.add_callback(graceful_stop)
-    if cfg.policy_sync.enabled:
-        from services.trainer.policy_sync import build_callback
-
-        trainer.add_callback(build_callback(cfg.policy_sync, push_at_start=cfg.sft.enabled))
-    return Training(
-        trainer, rollout, metrics, progress, tokenizer, folder, curriculum_checkpoint, graceful_stop
     )
 
 
@@ -256,11 +300,11 @@ def run_training(training: Training, cfg: TrainerConfig) -> Path | None:
     None when a SIGTERM stopped training early (its checkpoint is saved; no ``final/``)."""
     target = resume_target(cfg)
     step = checkpoint_step(target) if target is not None else 0
-    if target is not None:
+    if target is not None and training.curriculum_checkpoint is not None:
         training.curriculum_checkpoint.restore(target)
     # A resumed run replays the steps after its checkpoint; a fresh one in an old folder starts
     # a fresh log: either way each step's episodes appear once.
-    episode_log = training.rollout.episode_log
+    episode_log = training.rollout.episode_log if training.rollout is not None else None
     if episode_log is not None and (gone := episode_log.rewind(step)):
         log.info("episodes.jsonl: dropped %d records of steps after %d", gone, step)
     training.trainer.train(resume_from_checkpoint=target)
@@ -268,6 +312,8 @@ def run_training(training: Training, cfg: TrainerConfig) -> Path | None:
         return None
     final = cfg.run.output_dir / "final"
     drop_reference_adapter(training.trainer.model)  # final/ holds the policy alone
-    training.trainer.save_model(str(final))
-    training.tokenizer.save_pretrained(str(final))
+    training.trainer.save_model(str(final))  # every rank: sharded weights are gathered
+    if training.world.main:
+        training.tokenizer.save_pretrained(str(final))
+    distributed.barrier(training.world)  # the other ranks may read final/ once it is whole
     return final

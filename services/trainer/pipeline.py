@@ -15,12 +15,15 @@ import gc
 import logging
 import signal
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
+from services.trainer import distributed
 from services.trainer.config import TrainerConfig, dump_config
+from services.trainer.distributed import SINGLE, World
 from services.trainer.envs import EnvPods, env_pods
 from services.trainer.metrics import TrainerMetrics, serve
 from services.trainer.trackers import report_to
@@ -55,11 +58,13 @@ def sft_data(
     return cfg.sft_sources
 
 
-def grpo(cfg: TrainerConfig, pods: EnvPods, metrics: TrainerMetrics) -> Path | None:
+def grpo(
+    cfg: TrainerConfig, pods: EnvPods, metrics: TrainerMetrics, world: World = SINGLE
+) -> Path | None:
     """The GRPO stage; its final policy (None: stopped by SIGTERM, checkpoint saved)."""
     from services.trainer.grpo import build_training, run_training
 
-    training = build_training(cfg, pods.discovery(), metrics=metrics)
+    training = build_training(cfg, pods.discovery(), metrics=metrics, world=world)
     training.graceful_stop.install()
     try:
         return run_training(training, cfg)
@@ -67,36 +72,43 @@ def grpo(cfg: TrainerConfig, pods: EnvPods, metrics: TrainerMetrics) -> Path | N
         training.close()
 
 
-def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
-    """Every configured stage; the process exit status."""
+def run(cfg: TrainerConfig, *, evaluate_after: bool, world: World = SINGLE) -> int:
+    """Every configured stage; the process exit status. Under several trainer processes
+    (``distributed.py``) every rank trains and rank 0 alone does the rest."""
     out = cfg.run.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
     metrics = TrainerMetrics()
-    if cfg.metrics.port is not None:
-        port = serve(metrics, cfg.metrics.port, cfg.metrics.host)
-        log.info("metrics at http://%s:%d/metrics", cfg.metrics.host, port)
     started = time.monotonic()
-    log.info("plan: %s", plan(cfg, evaluate_after))
-    evaluating = evaluate_after and cfg.eval.after_training
-    # A base report that cannot be reused fails now, not after training.
-    before = reused_base(cfg) if evaluating and cfg.eval.base_results is not None else None
+    evaluating = evaluate_after and cfg.eval.after_training and world.main
+    before = None
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+        if cfg.metrics.port is not None:
+            port = serve(metrics, cfg.metrics.port, cfg.metrics.host)
+            log.info("metrics at http://%s:%d/metrics", cfg.metrics.host, port)
+        log.info("plan: %s", plan(cfg, evaluate_after, world))
+        # A base report that cannot be reused fails now, not after training.
+        if evaluating and cfg.eval.base_results is not None:
+            before = reused_base(cfg)
     report_to(cfg.run)  # and so does a tracker that is not installed
-    with env_pods(cfg) as pods:
+    pods_of_this_rank = env_pods(cfg) if world.main else nullcontext(EnvPods(cfg.env.discovery))
+    with pods_of_this_rank as pods:
         start = cfg
         final = None
         if cfg.sft.enabled:
             from services.trainer.sft import run_sft
 
-            data = sft_data(cfg, pods, metrics)
+            if world.main:
+                sft_data(cfg, pods, metrics)
+            distributed.barrier(world)  # the demonstrations are on disk for every rank
             metrics.stage_started("sft")
-            final = run_sft(cfg, data, metrics=metrics)
+            final = run_sft(cfg, cfg.sft_sources, metrics=metrics, world=world)
             log.info("SFT done after %.0f s; model in %s", time.monotonic() - started, final)
             start = cfg.after_sft(final)
             gc.collect()
         if cfg.grpo.max_steps > 0:
             metrics.stage_started("grpo")
-            final = grpo(start, pods, metrics)
+            final = grpo(start, pods, metrics, world)
             if final is None:
                 log.info("stopped by SIGTERM: the checkpoint is saved, the next start resumes")
                 return EXIT_TERMINATED
@@ -106,16 +118,18 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool) -> int:
             metrics.stage_started("eval")
             evaluate(cfg, start, final, pods, before)
     log.info("total wall time %.0f s", time.monotonic() - started)
+    if not world.main:
+        return 0
     from services.trainer.run_report import write_report
 
     log.info("report (evaluation, training curves, episodes): %s", write_report(out))
     return 0
 
 
-def plan(cfg: TrainerConfig, evaluate_after: bool) -> str:
+def plan(cfg: TrainerConfig, evaluate_after: bool, world: World = SINGLE) -> str:
     """The stages this config will run, with their budgets (and the time they took elsewhere)."""
     tasks = len(cfg.tasks.names)
-    stages = []
+    stages = [f"{world.size} trainer processes"] if world.distributed else []
     if cfg.sft.enabled:
         if not cfg.sft.datasets:
             d = cfg.demos

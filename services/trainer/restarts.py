@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 
 from services.trainer.config import TrainerConfig
 from services.trainer.curriculum import Curriculum
+from services.trainer.distributed import SINGLE, World, any_rank
 
 log = logging.getLogger(__name__)
 CURRICULUM_STATE = "curriculum.json"
@@ -27,9 +28,11 @@ CURRICULUM_STATE = "curriculum.json"
 class GracefulStop(TrainerCallback):
     """SIGTERM during training (a node drain, a deleted pod) finishes the running step, saves a
     checkpoint and stops, so the replacement resumes from it; a second SIGTERM, or one outside
-    training, exits at once. ``install`` (main thread only) sets the signal handler."""
+    training, exits at once. ``install`` (main thread only) sets the signal handler. Under
+    several processes the ranks agree at every step end, so all stop after the same step."""
 
-    def __init__(self) -> None:
+    def __init__(self, world: World = SINGLE) -> None:
+        self.world = world
         self.training = False
         self.requested = False
 
@@ -46,6 +49,7 @@ class GracefulStop(TrainerCallback):
         self.training = True
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.requested = any_rank(self.requested, self.world)
         if self.requested:
             control.should_save = True
             control.should_training_stop = True

@@ -5,6 +5,10 @@ GRPO sample, groups consecutive); the curriculum picks each group's task, the st
 sample as one episode, and ``trl_batch`` turns the episodes into token ids, logprobs, the env mask
 and the facts the reward sources score.
 
+Under several trainer processes (``distributed.py``), ``ShardedRollout`` is TRL's ``rollout_func``
+on every rank: rank 0 plays the whole step through its ``BrowserRollout``, each rank gets back
+the episodes of the prompts TRL gave it.
+
 A rollout in which every episode was dropped (inference server restarting, no env pod reachable)
 is never handed to TRL: that would be an optimizer step on nothing. It is replayed after a
 back-off until ``env.wait_for_endpoint_s`` has passed, then training stops with the reasons.
@@ -17,9 +21,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from services.trainer import distributed
 from services.trainer.config import TrainerConfig
 from services.trainer.curriculum import Curriculum
 from services.trainer.dataset import parse_episode_prompt
+from services.trainer.distributed import World
 from services.trainer.episode_log import EpisodeLog
 from services.trainer.frames import FrameWriter
 from services.trainer.generation.base import wait_until_ready
@@ -135,3 +141,47 @@ class BrowserRollout:
 
     def close(self) -> None:
         self.stack.close()
+
+
+class ShardedRollout:
+    """TRL ``rollout_func`` on each of several trainer processes: every rank's prompts are
+    gathered on rank 0 in rank order (TRL's sampler gives rank r the r-th block of the step's
+    generation batch, so this is the step's own order), rank 0 plays them all through ``inner``
+    (one env pool, one curriculum: a group split over two ranks stays one task), and each rank
+    receives its own block. A rollout that fails on rank 0 fails on every rank."""
+
+    def __init__(self, inner: BrowserRollout | None, world: World) -> None:
+        if world.main != (inner is not None):
+            raise ValueError("ShardedRollout: rank 0, and only rank 0, plays the episodes")
+        self.inner = inner
+        self.world = world
+
+    def __call__(self, prompts: list[Any], trainer) -> dict:
+        blocks = distributed.gather(list(prompts), self.world)
+        parts: list[dict | str] | None = None
+        if self.inner is not None and blocks is not None:
+            try:
+                batch = self.inner([p for block in blocks for p in block], trainer)
+                parts = _split(batch, [len(block) for block in blocks])
+            except Exception as exc:
+                parts = [f"{type(exc).__name__}: {exc}"] * self.world.size
+                distributed.scatter(parts, self.world)
+                raise
+        part = distributed.scatter(parts, self.world)
+        if isinstance(part, str):
+            raise RolloutStalledError(f"rank 0's rollout failed: {part}")
+        return part
+
+    def close(self) -> None:
+        if self.inner is not None:
+            self.inner.close()
+
+
+def _split(batch: dict[str, list], sizes: list[int]) -> list[dict | str]:
+    """``batch`` cut into consecutive blocks of ``sizes`` samples (one per rank)."""
+    parts: list[dict | str] = []
+    start = 0
+    for size in sizes:
+        parts.append({key: values[start : start + size] for key, values in batch.items()})
+        start += size
+    return parts

@@ -24,7 +24,9 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from services.protocol.trajectory import Trajectory
+from services.trainer import distributed
 from services.trainer.config import TrainerConfig
+from services.trainer.distributed import SINGLE, World
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.progress import METRICS_FILE, MetricsLog
 from services.trainer.prompts import PromptBuilder
@@ -67,17 +69,22 @@ def sft_dataset(cfg: TrainerConfig, records: Iterable[Trajectory], prompts: Prom
     return Dataset.from_dict(columns)
 
 
-def sft_args(cfg: TrainerConfig):
+def sft_args(cfg: TrainerConfig, world: World = SINGLE):
+    """TRL's ``SFTConfig``: a step of ``micro_batch_size × gradient_accumulation_steps``
+    sequences on 1 process or N (the accumulation is split over the processes)."""
     from trl import SFTConfig
 
     s = cfg.sft
+    accumulation = distributed.per_process(
+        s.gradient_accumulation_steps, world, "sft.gradient_accumulation_steps"
+    )
     return SFTConfig(
         output_dir=str(cfg.sft_folder),
         seed=cfg.run.seed,
         num_train_epochs=s.epochs,
         learning_rate=s.learning_rate,
         per_device_train_batch_size=s.micro_batch_size,
-        gradient_accumulation_steps=s.gradient_accumulation_steps,
+        gradient_accumulation_steps=accumulation,
         lr_scheduler_type=s.lr_scheduler_type,
         warmup_steps=s.warmup_ratio,  # a float in [0, 1) is a share of the steps
         max_length=None,  # never cut: the action is at the end
@@ -93,6 +100,7 @@ def sft_args(cfg: TrainerConfig):
         fp16=cfg.model.dtype == "float16",
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         dataloader_num_workers=0,
+        ddp_timeout=int(cfg.run.distributed_timeout_s),
     )
 
 
@@ -123,8 +131,10 @@ def run_sft(
     model=None,
     tokenizer=None,
     metrics: TrainerMetrics | None = None,
+    world: World = SINGLE,
 ) -> Path:
-    """Train on ``datasets`` (trajectory folders or files); the merged model's folder."""
+    """Train on ``datasets`` (trajectory folders or files); the merged model's folder (written
+    by rank 0, read by every rank after it)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from trl import SFTTrainer
 
@@ -144,16 +154,23 @@ def run_sft(
              trained_tokens, prompts.format, ", ".join(map(str, datasets)))  # fmt: skip
     trainer = SFTTrainer(
         model=model,
-        args=sft_args(cfg),
+        args=sft_args(cfg, world),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(cfg),
-        callbacks=[SftProgress(metrics), MetricsLog(cfg.run.output_dir / METRICS_FILE, "sft")],
+        callbacks=(
+            [SftProgress(metrics), MetricsLog(cfg.run.output_dir / METRICS_FILE, "sft")]
+            if world.main
+            else []
+        ),
     )
     out = cfg.sft_folder
     resume = last_complete_checkpoint(out) if cfg.checkpoint.resume_from_checkpoint else None
     trainer.train(resume_from_checkpoint=resume)
-    return save_merged(trainer.model, tokenizer, out / "model")
+    if world.main:
+        save_merged(trainer.model, tokenizer, out / "model")
+    distributed.barrier(world)
+    return out / "model"
 
 
 def save_merged(model, tokenizer, folder: Path) -> Path:

@@ -1,0 +1,160 @@
+"""Several trainer processes: who is who, and the few collectives the run needs between them.
+
+``torchrun --nproc-per-node G [--nnodes N ...] -m services.trainer train ...`` starts G × N copies
+of the single-process entry with ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` set. The plan:
+
+- **Rank 0 alone** starts the local env pods, serves ``/metrics``, plays the demonstrations,
+  plays every GRPO rollout through one env pool and one curriculum, evaluates and writes the
+  report. One process talks to the env pods, so ``env.sessions_per_endpoint`` still holds and a
+  GRPO group never has two halves on different tasks.
+- **Every rank trains.** TRL and accelerate wrap the model (DDP; FSDP2 or ZeRO-3 from an
+  accelerate config) and average the gradients; config keys are global sizes and each rank's
+  share is derived here (``per_process``), so a config means the same batch on 1 or 16 GPUs.
+- **A GRPO step:** TRL calls ``rollout_func`` on every rank with that rank's slice of the step's
+  prompts; ``rollout_func.ShardedRollout`` gathers the slices on rank 0, plays them, and sends
+  each rank the episodes of its own slice (what TRL's vLLM server mode does with generation).
+
+The process group is started here, before TRL builds its accelerator (which then reuses it), so
+its timeout is ``run.distributed_timeout_s``: the other ranks wait inside collectives while rank
+0 plays a rollout or the demonstrations, longer than torch's 30-minute default may allow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.trainer.config import TrainerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the trainer processes (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> World:
+        """From the variables torchrun sets (none set: a single process)."""
+        return cls(
+            rank=int(environ.get("RANK", 0)),
+            local_rank=int(environ.get("LOCAL_RANK", 0)),
+            size=int(environ.get("WORLD_SIZE", 1)),
+        )
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that talks to env pods, serves metrics and writes the run's files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+SINGLE = World()
+"""One process: the default wherever a world is not given."""
+
+
+def per_process(total: int, world: World, what: str) -> int:
+    """A global count (micro-batches per step) split evenly over the processes."""
+    if total % world.size:
+        raise ValueError(
+            f"{what} = {total} cannot be split evenly over {world.size} processes: make it a "
+            f"multiple of {world.size}"
+        )
+    return total // world.size
+
+
+def check(cfg: TrainerConfig, world: World) -> None:
+    """What a config cannot do on this many processes, said before anything starts."""
+    if not world.distributed:
+        return
+    if cfg.replay.enabled and cfg.grpo.max_steps > 0:
+        raise ValueError(
+            "replay.enabled with several trainer processes is not supported yet (the replay "
+            "term's extra passes would have to run on every rank alike): set replay.enabled=false"
+        )
+    per_process(
+        cfg.grpo.micro_batches_per_step,
+        world,
+        "grpo micro-batches per step (prompts_per_step * num_generations / micro_batch_size)",
+    )
+    if cfg.sft.enabled:
+        per_process(cfg.sft.gradient_accumulation_steps, world, "sft.gradient_accumulation_steps")
+
+
+def start(world: World, *, use_cpu: bool, timeout_s: float) -> None:
+    """Join the process group (gloo on CPU, NCCL on GPUs); nothing with one process."""
+    import torch
+    import torch.distributed as dist
+
+    if not world.distributed or dist.is_initialized():
+        return
+    if not use_cpu and torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)
+    backend = "gloo" if use_cpu or not torch.cuda.is_available() else "nccl"
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    log.info("process group: rank %d of %d (%s)", world.rank, world.size, backend)
+
+
+def gather(obj: Any, world: World) -> list[Any] | None:
+    """Every rank's ``obj`` on rank 0, in rank order (None on the other ranks)."""
+    if not world.distributed:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] | None = [None] * world.size if world.main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def scatter(items: list[Any] | None, world: World) -> Any:
+    """Rank r receives ``items[r]`` from rank 0 (``items`` is read on rank 0 only)."""
+    if not world.distributed:
+        assert items is not None
+        return items[0]
+    import torch.distributed as dist
+
+    out: list[Any] = [None]
+    dist.scatter_object_list(out, items if world.main else None, src=0)
+    return out[0]
+
+
+def broadcast(obj: Any, world: World) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not world.distributed:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def any_rank(flag: bool, world: World) -> bool:
+    """True on every rank when it is true on any (a SIGTERM seen by one rank stops them all)."""
+    if not world.distributed:
+        return flag
+    import torch.distributed as dist
+
+    flags: list[Any] = [None] * world.size
+    dist.all_gather_object(flags, flag)
+    return any(flags)
+
+
+def barrier(world: World) -> None:
+    """Wait here until every rank arrives (e.g. until rank 0 has written the data)."""
+    if world.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()

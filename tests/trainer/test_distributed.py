@@ -1,0 +1,206 @@
+"""Several trainer processes (torchrun, gloo on CPU): the same config means the same step on 1 or
+N processes, rank 0 alone plays the episodes, and what cannot work is refused up front."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+from safetensors.torch import load_file
+
+from services.trainer import distributed
+from services.trainer.cli import main
+from services.trainer.config import load_config
+from services.trainer.distributed import World
+from services.trainer.rollout_func import RolloutStalledError, ShardedRollout
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = {
+    "model": {"source": "pypi:gemma3-270m"},
+    "tasks": {"train": ["click-test"]},
+    "env": {"local": {"pods": 1}},
+    "grpo": {"max_steps": 1, "prompts_per_step": 2, "num_generations": 4, "micro_batch_size": 2},
+}
+
+
+def test_the_world_comes_from_torchrun_variables():
+    assert World.from_env({}) == World(0, 0, 1) and not World.from_env({}).distributed
+    world = World.from_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"})
+    assert (world.rank, world.local_rank, world.size, world.main) == (3, 1, 4, False)
+
+
+def test_global_sizes_split_evenly_or_say_how_to_fix_them():
+    assert distributed.per_process(4, World(size=2), "x") == 2
+    with pytest.raises(ValueError, match=r"x = 4 cannot be split evenly over 3 .* multiple of 3"):
+        distributed.per_process(4, World(size=3), "x")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"replay": {"enabled": True}}, r"replay\.enabled with several trainer processes"),
+        ({"grpo": {"micro_batch_size": 4}}, r"grpo micro-batches per step .* = 2 .* over 4"),
+        (
+            {"sft": {"enabled": True, "gradient_accumulation_steps": 2}},
+            r"sft\.gradient_accumulation_steps = 2 cannot be split evenly over 4",
+        ),
+    ],
+)
+def test_what_n_processes_cannot_do_is_refused_before_anything_starts(
+    tmp_path, monkeypatch, capsys, changes, message
+):
+    config = {**MINIMAL, **{k: {**MINIMAL.get(k, {}), **v} for k, v in changes.items()}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=message):
+        distributed.check(load_config(path), World(size=4))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert main(["train", "--config", str(path)]) == 2
+    assert "config error" in capsys.readouterr().err
+
+
+class _Player:
+    """Stands in for rank 0's BrowserRollout: one value per prompt, or a failed rollout."""
+
+    def __call__(self, prompts, trainer):
+        if "fail" in prompts:
+            raise RolloutStalledError("no env pod")
+        return {"prompt": list(prompts), "played_by": [os.getpid()] * len(prompts)}
+
+    def close(self) -> None:
+        pass
+
+
+def _rank(rank: int, port: int, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+    world = World.from_env()
+    distributed.start(world, use_cpu=True, timeout_s=60)
+    rollout = ShardedRollout(_Player() if world.main else None, world)
+    prompts = [f"r{rank}-{i}" for i in range(3 if rank == 0 else 1)]  # blocks of any size
+    out[rank] = rollout(prompts, trainer=None)
+    try:
+        rollout(["fail"], trainer=None)
+    except RolloutStalledError as exc:
+        out[f"failed {rank}"] = str(exc)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rank_0_plays_every_rank_s_prompts_and_each_gets_its_own_back():
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_rank, args=(_free_port(), out), nprocs=2)
+        results = dict(out)
+    assert results[0]["prompt"] == ["r0-0", "r0-1", "r0-2"]
+    assert results[1]["prompt"] == ["r1-0"]
+    assert len({*results[0]["played_by"], *results[1]["played_by"]}) == 1  # one player
+    # A failed rollout fails every rank, instead of leaving the others waiting for it.
+    assert results["failed 0"] == "no env pod"
+    assert "rank 0's rollout failed: RolloutStalledError: no env pod" in results["failed 1"]
+
+
+# --- torchrun end to end --------------------------------------------------------------------
+
+
+def _run(tmp_path: Path, model: Path, processes: int) -> Path:
+    """``train`` (demonstrations → SFT step → 2 GRPO steps) under torchrun with ``processes``."""
+    out = tmp_path / f"run-{processes}"
+    config = {
+        "run": {"output_dir": str(out), "seed": 0},
+        "model": {"source": str(model)},
+        "tasks": {"train": ["click-button"], "max_turns": 2},
+        "env": {"local": {"pods": 1, "max_sessions": 4}, "sessions_per_endpoint": 4},
+        "prompt": {"action_subsets": ["miniwob_liu18"]},
+        # rewards that differ inside each group, the same on every run: no sampling to compare
+        "generation": {"backend": {"type": "scripted", "spread": True}, "max_new_tokens": 12},
+        "demos": {"episodes_per_task": 5},  # 4 solved: 2 SFT steps of 2, none uneven
+        "sft": {
+            "enabled": True,
+            "epochs": 1,
+            "micro_batch_size": 1,
+            "gradient_accumulation_steps": 2,
+            "learning_rate": 1e-3,
+            "warmup_ratio": 0.0,
+            "lr_scheduler_type": "constant",
+            "prompt_format": "plain",
+        },
+        "grpo": {
+            "max_steps": 2,
+            "prompts_per_step": 2,
+            "num_generations": 4,
+            "micro_batch_size": 2,
+            "learning_rate": 1e-3,
+            "beta": 0.0,
+        },
+        "lora": {"enabled": True, "r": 4, "alpha": 8},
+        "replay": {"enabled": False},
+        "metrics": {"port": _free_port()},  # a second server on it would fail the run
+        "eval": {"after_training": False},
+    }
+    path = tmp_path / f"cfg-{processes}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc-per-node={processes}", "-m", "services.trainer", "train"]
+    done = subprocess.run(
+        [*command, "--config", str(path)],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-6000:]
+    if processes > 1:
+        assert "[rank 1]" in done.stderr  # logs say which rank
+        assert done.stderr.count("starting 1 local env pods") == 1  # rank 0 alone
+    return out
+
+
+def _episodes(out: Path) -> list[tuple]:
+    records = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    return sorted(
+        (r["step"], r["task"], r["seed"], tuple(r["actions"]), r["reward"]) for r in records
+    )
+
+
+def _metrics(out: Path, stage: str) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["stage"] == stage and "loss" in r]
+
+
+@pytest.mark.chromium
+@pytest.mark.slow
+def test_two_processes_train_the_same_steps_as_one(tmp_path, tiny_chat_model):
+    one = _run(tmp_path, tiny_chat_model, 1)
+    two = _run(tmp_path, tiny_chat_model, 2)
+
+    # SFT data that splits evenly (an uneven last batch is padded with repeats under DDP).
+    assert len((one / "demos" / "scripted" / "part-00000.jsonl").read_text().splitlines()) == 4
+
+    # The same global batch and groups: rank 0 played all 8 episodes of each step, once.
+    episodes = _episodes(one)
+    assert episodes == _episodes(two) and len(episodes) == 2 * 8
+    assert {reward for *_, reward in episodes} == {0.0, 1.0}  # something to learn from
+
+    # The same first-step losses, SFT and GRPO, and the same weights after both stages.
+    for stage in ("sft", "grpo"):
+        first, second = _metrics(one, stage)[0], _metrics(two, stage)[0]
+        assert first["loss"] == pytest.approx(second["loss"], rel=1e-3, abs=1e-5), stage
+    for name in ("sft/model/model.safetensors", "final/adapter_model.safetensors"):
+        a, b = load_file(one / name), load_file(two / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5, msg=key)
