@@ -80,12 +80,14 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool, world: World = SINGLE) -> i
     started = time.monotonic()
     evaluating = evaluate_after and cfg.eval.after_training and world.main
     before = None
+    # One /metrics per node (pod): rank 0's carries the run; another node's first process
+    # answers the pod's probes with its process figures.
+    if world.local_rank == 0 and cfg.metrics.port is not None:
+        port = serve(metrics, cfg.metrics.port, cfg.metrics.host)
+        log.info("metrics at http://%s:%d/metrics", cfg.metrics.host, port)
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
-        if cfg.metrics.port is not None:
-            port = serve(metrics, cfg.metrics.port, cfg.metrics.host)
-            log.info("metrics at http://%s:%d/metrics", cfg.metrics.host, port)
         log.info("plan: %s", plan(cfg, evaluate_after, world))
         # A base report that cannot be reused fails now, not after training.
         if evaluating and cfg.eval.base_results is not None:

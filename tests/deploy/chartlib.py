@@ -23,15 +23,19 @@ RELEASE = "rl"
 NAMESPACE = "browser-rl"
 KUBE_VERSION = "1.30"
 # "default" is values.yaml alone; the others are the documented `-f` value sets.
-VALUE_SETS = ("default", "full", "lora", "cpu")
+VALUE_SETS = ("default", "full", "lora", "cpu", "8gpu", "2x8gpu")
 #: What `helm install -f values-full.yaml` needs besides the file: an RWX class of the cluster.
-REQUIRED_SETS = {"full": {"policyVolume": {"storageClassName": "nfs-rwx"}}}
+REQUIRED_SETS = {
+    "full": {"policyVolume": {"storageClassName": "nfs-rwx"}},
+    "2x8gpu": {"trainer": {"checkpoints": {"storageClassName": "nfs-rwx"}}},
+}
 #: API groups of a cluster running kube-prometheus-stack (the Prometheus Operator's CRDs).
 OPERATOR_APIS = ("monitoring.coreos.com/v1", "monitoring.coreos.com/v1/PodMonitor",
                  "monitoring.coreos.com/v1/PrometheusRule")  # fmt: skip
 #: The golden renders' clusters: GPU clusters with kube-prometheus-stack; kind/minikube
 #: (values-cpu.yaml) without it.
-CLUSTER_APIS = {"default": OPERATOR_APIS, "full": OPERATOR_APIS, "lora": OPERATOR_APIS, "cpu": ()}
+CLUSTER_APIS = {"default": OPERATOR_APIS, "full": OPERATOR_APIS, "lora": OPERATOR_APIS, "cpu": (),
+                "8gpu": OPERATOR_APIS, "2x8gpu": OPERATOR_APIS}  # fmt: skip
 
 
 def values_for(value_set: str) -> dict[str, Any]:
@@ -39,9 +43,18 @@ def values_for(value_set: str) -> dict[str, Any]:
     if value_set == "default":
         return {}
     values = helm.values_from_yaml((CHART / f"values-{value_set}.yaml").read_text())
-    for key, overlay in REQUIRED_SETS.get(value_set, {}).items():
-        values[key] = {**values.get(key, {}), **overlay}
-    return values
+    return _merged(values, REQUIRED_SETS.get(value_set, {}))
+
+
+def _merged(values: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``overlay`` set into ``values`` key by key, as `--set a.b.c=...` does."""
+    out = dict(values)
+    for key, value in overlay.items():
+        inner = out.get(key)
+        out[key] = (
+            _merged(inner, value) if isinstance(value, dict) and isinstance(inner, dict) else value
+        )
+    return out
 
 
 def render(values: dict[str, Any] | None = None, *, api_versions=OPERATOR_APIS) -> dict[str, str]:

@@ -395,6 +395,13 @@ BAD_VALUES = [
     ({"inference": {"model": "x/y"}}, "additional properties 'model'"),
     ({"envv": {}}, "additional properties 'envv'"),
     ({"env": {"replica": 3}}, "additional properties 'replica'"),
+    ({"trainer": {"nodes": 0}}, "/trainer/nodes"),
+    ({"trainer": {"distributed": "fsdp2"}}, "/trainer/distributed"),
+    ({"trainer": {"nodes": 2}}, "/trainer/checkpoints/accessMode"),  # RWX needed
+    (
+        {"trainer": {"nodes": 2, "gpus": 0, "checkpoints": {"accessMode": "ReadWriteMany"}}},
+        "/trainer/gpus",
+    ),
 ]
 
 
@@ -417,6 +424,17 @@ def test_bad_values_are_refused_naming_the_key(values, where):
         ({"inference": {"weightTransfer": {"mode": "nccl"}}}, "mode nccl carries full weights"),
         ({"inference": {"maxModelLen": 1024}}, "maxModelLen must hold"),
         ({"trainer": {"config": {"model": {"source": "x/y"}}}}, "set the model with model.source"),
+        (
+            {
+                "trainer": {
+                    "nodes": 2,
+                    "checkpoints": {"accessMode": "ReadWriteMany"},
+                    "config": {"lora": {"enabled": False}},
+                },
+                "inference": {"weightTransfer": {"mode": "nccl"}},
+            },
+            "mode nccl with trainer.nodes > 1",
+        ),
     ],
 )
 def test_inconsistent_values_fail_the_render_with_a_reason(values, message):
@@ -635,3 +653,50 @@ def test_helm_test_pod_reaches_every_component_through_the_network_policies(rend
     assert args[1] == f"http://{RELEASE}-browser-rl-env.{NAMESPACE}.svc:8000"
     assert args[3] == f"http://{RELEASE}-browser-rl-trainer.{NAMESPACE}.svc:9000"
     kube_validate.validate(test_pod, KUBE_VERSION, strict=True)
+
+
+def test_eight_gpus_start_one_training_process_each(rendered):
+    job = one(rendered["8gpu"], "Job", "trainer")
+    container = pod_spec(job)["containers"][0]
+    assert container["command"] == ["torchrun"]
+    assert container["args"][:2] == ["--standalone", "--nproc-per-node=8"]
+    train = ["-m", "services.trainer", "train", "--config", "/etc/browser-rl/trainer.yaml"]
+    assert container["args"][3:] == train
+    assert "completionMode" not in job["spec"]  # one pod
+
+
+def test_two_nodes_run_as_an_indexed_job_that_meets_through_the_headless_service(rendered):
+    r = rendered["2x8gpu"]
+    job, service = one(r, "Job", "trainer"), one(r, "Service", "trainer")
+    spec = pod_spec(job)
+    assert (job["spec"]["completionMode"], job["spec"]["completions"]) == ("Indexed", 2)
+    assert job["spec"]["parallelism"] == 2
+    # <job>-<index>.<service> resolves (before the pods are ready: they meet first) ...
+    assert spec["subdomain"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    assert ports["rendezvous"] == 29500
+    # ... and every pod's torchrun finds pod 0 there, 8 processes per pod, 2 pods.
+    launch = spec["containers"][0]["args"][0]
+    assert spec["containers"][0]["command"] == ["sh", "-c"]
+    assert "--nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d" in launch
+    assert f'--rdzv-endpoint="${{HOSTNAME%-*}}-0.{service["metadata"]["name"]}:29500"' in launch
+    assert "--max-restarts=3" in launch
+    claim = one(r, "PersistentVolumeClaim", "checkpoints")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    # The trainer pods may talk to each other (rendezvous, then NCCL's ephemeral ports).
+    policy = one(r, "NetworkPolicy", "trainer")
+    trainer_labels = job["spec"]["template"]["metadata"]["labels"]
+    peers = [
+        rule
+        for rule in policy["spec"]["ingress"]
+        if any(
+            set(src.get("podSelector", {}).get("matchLabels", {}).items())
+            <= set(trainer_labels.items())
+            and src.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+            == "trainer"
+            for src in rule["from"]
+        )
+    ]
+    assert peers and "ports" not in peers[0]
+    assert "publishNotReadyAddresses" in golden_text(rendered["default"])  # harmless for 1 pod

@@ -94,6 +94,10 @@ spec:
   # podFailurePolicy, so evictions do not use up backoffLimit.
   restartPolicy: Never
   terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
+  {{- if gt (int $v.nodes) 1 }}
+  # <job>-<index>.<this Service>: how the pods of the Indexed Job find each other.
+  subdomain: {{ include "browser-rl.componentName" $c }}
+  {{- end }}
   securityContext:
     {{- include "browser-rl.podSecurityContext" . | nindent 4 }}
   {{- with (include "browser-rl.imagePullSecrets" .) }}{{ . | nindent 2 }}{{- end }}
@@ -111,7 +115,7 @@ spec:
     - name: trainer
       image: {{ include "browser-rl.image" (dict "root" . "image" $v.image) }}
       imagePullPolicy: {{ .Values.image.pullPolicy }}
-      args: ["train", "--config", "/etc/browser-rl/trainer.yaml"]
+      {{- include "browser-rl.trainerLaunch" . | trim | nindent 6 }}
       env:
         - name: HOME
           value: /tmp/home
@@ -130,6 +134,11 @@ spec:
         - name: metrics
           containerPort: {{ $v.metricsPort }}
           protocol: TCP
+        {{- if gt (int $v.nodes) 1 }}
+        - name: rendezvous
+          containerPort: {{ $v.rendezvousPort }}
+          protocol: TCP
+        {{- end }}
         {{- if and .Values.inference.enabled (eq .Values.inference.weightTransfer.mode "nccl") }}
         - name: nccl
           containerPort: {{ .Values.inference.weightTransfer.ncclPort }}
@@ -191,4 +200,33 @@ spec:
 {{- $_ := set $r "requests" (merge (dict .name (int .gpus)) (default dict $r.requests)) -}}
 {{- end -}}
 {{- toYaml $r -}}
+{{- end -}}
+
+
+{{/* The trainer container's command: the single-process entry, or torchrun around it with one
+process per GPU (trainer.gpus > 1) on every pod of the Indexed Job (trainer.nodes > 1). Pods
+meet at pod 0 (<job>-0.<Service>; the Job's name is the pod's hostname without its index) by
+torch's c10d rendezvous, which restarts the whole group when a process or pod fails. */}}
+{{- define "browser-rl.trainerLaunch" -}}
+{{- $v := .Values.trainer -}}
+{{- if gt (int $v.nodes) 1 -}}
+{{- if and .Values.inference.enabled (eq .Values.inference.weightTransfer.mode "nccl") }}
+{{- fail "inference.weightTransfer.mode nccl with trainer.nodes > 1: the vLLM workers would not know which trainer pod holds rank 0; use sharedVolume or upload" }}
+{{- end }}
+{{- $svc := include "browser-rl.componentName" (dict "root" . "component" "trainer") -}}
+command: ["sh", "-c"]
+args:
+  - >-
+    exec torchrun --nnodes={{ $v.nodes }} --nproc-per-node={{ max 1 (int $v.gpus) }}
+    --rdzv-backend=c10d --rdzv-id={{ .Release.Name }}-trainer
+    --rdzv-endpoint="${HOSTNAME%-*}-0.{{ $svc }}:{{ $v.rendezvousPort }}"
+    --max-restarts={{ $v.maxRestarts }}
+    -m services.trainer train --config /etc/browser-rl/trainer.yaml
+{{- else if gt (int $v.gpus) 1 }}
+command: ["torchrun"]
+args: ["--standalone", "--nproc-per-node={{ $v.gpus }}", "--max-restarts={{ $v.maxRestarts }}",
+       "-m", "services.trainer", "train", "--config", "/etc/browser-rl/trainer.yaml"]
+{{- else }}
+args: ["train", "--config", "/etc/browser-rl/trainer.yaml"]
+{{- end }}
 {{- end -}}
