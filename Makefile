@@ -147,3 +147,8 @@ sft: setup ## the SFT warm-up alone (on sft.datasets or the demos): make sft [co
 
 bench-rollout: setup ## rollout engine vs a sequential loop: episodes/s at 1, 2, 4 sessions (runs/bench_rollout.json)
 	$(PY) scripts/bench_rollout.py --out runs/bench_rollout.json $(BENCH_ARGS)
+
+.PHONY: gpu-check
+
+gpu-check: setup ## one GPU: SFT step and GRPO update of the LFM2-350M shape, LoRA and full, tokens/s and memory (~3 min)
+	$(PY) scripts/gpu_check.py --json runs/gpu_check.json $(BENCH_ARGS)

@@ -1,0 +1,220 @@
+"""`make gpu-check`: one GPU's speed and memory for the trainer's two updates, LFM2-350M-shaped.
+
+Times TRL's SFT step and GRPO update on the random LFM2-350M (the real shape, random weights: no
+download), float32 master weights with bf16 compute as the trainer runs them, LoRA (r 16, every
+linear layer) and full fine-tune, and prints tokens/s and peak memory as a Markdown table for
+BENCHMARKS.md (and JSON to --json). Rollouts are synthetic (random token ids with the lengths of a
+multi-turn episode, the env's tokens masked): env pods and vLLM are not what is timed here. About
+3 minutes on one H100-class GPU.
+
+    python scripts/gpu_check.py                               # the GPU check
+    python scripts/gpu_check.py --size tiny --steps 2         # the same code on CPU, in seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from services.trainer.models import build_random_model
+
+EPISODES = 32  # prompts_per_step 4 × num_generations 8, as in the chart's default
+MICRO = 8  # sequences per forward/backward
+PROMPT, ACTION, PAGE, TURNS = 600, 24, 200, 3  # tokens: first page, one action, each later page
+
+
+class StepTimer(TrainerCallback):
+    """Seconds of every optimizer step (the GPU synchronised at both ends)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        _sync()
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        _sync()
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _episode(vocab: int, generator: torch.Generator) -> tuple[list[int], list[int], list[int]]:
+    """(prompt ids, completion ids, env mask) of a synthetic TURNS-turn episode."""
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(10, vocab, (n,), generator=generator).tolist()
+
+    completion, mask = [], []
+    for turn in range(TURNS):
+        if turn:
+            completion += ids(PAGE)
+            mask += [0] * PAGE
+        completion += ids(ACTION)
+        mask += [1] * ACTION
+    return ids(PROMPT), completion, mask
+
+
+class SyntheticRollout:
+    """TRL ``rollout_func``: episodes of the usual lengths and a random outcome each."""
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __call__(self, prompts, trainer) -> dict:
+        episodes = [_episode(self.vocab, self.generator) for _ in prompts]
+        return {
+            "prompt_ids": [p for p, _, _ in episodes],
+            "completion_ids": [c for _, c, _ in episodes],
+            "logprobs": [[0.0] * len(c) for _, c, _ in episodes],
+            "env_mask": [m for _, _, m in episodes],
+            "outcome": torch.randint(0, 2, (len(prompts),), generator=self.generator).tolist(),
+        }
+
+
+def outcome(prompts, completions, outcome, **_) -> list[float]:
+    return [float(o) for o in outcome]
+
+
+def _common(out: Path, steps: int, lora: bool) -> dict:
+    gpu = torch.cuda.is_available()
+    return {
+        "output_dir": str(out),
+        "max_steps": steps,
+        "per_device_train_batch_size": MICRO,
+        "gradient_accumulation_steps": EPISODES // MICRO,
+        "learning_rate": 2e-4 if lora else 2e-5,
+        "bf16": gpu,
+        "use_cpu": not gpu,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "dataloader_num_workers": 0,
+    }
+
+
+def _peft(lora: bool):
+    if not lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
+def sft_step(folder: Path, out: Path, steps: int, lora: bool) -> tuple[list[float], int]:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(0)
+    rows = [_episode(len(tokenizer), generator) for _ in range(EPISODES * steps)]
+    data = Dataset.from_dict(
+        {
+            "input_ids": [p + c for p, c, _ in rows],
+            "labels": [
+                [-100] * len(p) + [t if m else -100 for t, m in zip(c, k, strict=True)]
+                for p, c, k in rows
+            ],
+        }
+    )
+    timer = StepTimer()
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+        args=SFTConfig(**_common(out, steps, lora), max_length=None),
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=_peft(lora),
+        callbacks=[timer],
+    )
+    trainer.train()
+    return timer.seconds, sum(len(r) for r in data["input_ids"][:EPISODES])
+
+
+def grpo_update(folder: Path, out: Path, steps: int, lora: bool) -> tuple[list[float], int]:
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    timer = StepTimer()
+    completion = TURNS * ACTION + (TURNS - 1) * PAGE
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+        reward_funcs=outcome,
+        args=GRPOConfig(
+            **_common(out, steps, lora),
+            steps_per_generation=EPISODES // MICRO,
+            num_generations=8,
+            max_completion_length=completion,
+            beta=0.04,  # the configs' KL to the phase start: a reference pass per micro-batch
+            use_vllm=False,
+            log_completions=False,
+        ),
+        train_dataset=Dataset.from_dict({"prompt": ["page"] * EPISODES * steps}),
+        processing_class=tokenizer,
+        peft_config=_peft(lora),
+        rollout_func=SyntheticRollout(len(tokenizer)),
+        callbacks=[timer],
+    )
+    trainer.train()
+    return timer.seconds, EPISODES * (PROMPT + completion)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="lfm2-350m", choices=["lfm2-350m", "tiny"])
+    parser.add_argument("--steps", type=int, default=4, help="steps per case; the first is warm-up")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_random_model("lfm2", Path(tmp) / "model", size=args.size)
+        for stage, run in (("SFT step", sft_step), ("GRPO update", grpo_update)):
+            for lora in (True, False):
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                seconds, tokens = run(folder, Path(tmp) / "out", args.steps, lora)
+                median = statistics.median(seconds[1:] or seconds)  # without the warm-up step
+                peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0
+                rows.append(
+                    {
+                        "stage": stage,
+                        "weights": "LoRA r16" if lora else "full",
+                        "seconds_per_step": round(median, 3),
+                        "tokens_per_s": round(tokens / median),
+                        "peak_gib": round(peak, 2),
+                        "steps_timed": len(seconds[1:] or seconds),
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    compute = "bf16" if torch.cuda.is_available() else "fp32"
+    print(f"\n{args.size} (random weights), {device}, {EPISODES} sequences per step, "
+          f"micro-batch {MICRO}, float32 weights, {compute} compute\n")  # fmt: skip
+    print("| stage | weights | s/step (median) | tokens/s | peak GPU memory |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['stage']} | {r['weights']} | {r['seconds_per_step']} | "
+              f"{r['tokens_per_s']} | {r['peak_gib']} GiB |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"device": device, "size": args.size, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
