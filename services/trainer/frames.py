@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import base64
 import io
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.protocol.actions import ActionParseError, parse_action
+from services.protocol.axtree import elements
 from services.protocol.env import BrowserObservation
 
 if TYPE_CHECKING:
@@ -47,10 +47,6 @@ class Frame:
     target: Target | None = None
 
 
-def _element_line(bid: str) -> re.Pattern:
-    return re.compile(rf"^\s*\[{re.escape(bid)}\] (\w+)(?: '([^']*)')?", re.MULTILINE)
-
-
 def target_of(obs: BrowserObservation, action: str) -> Target | None:
     """The element ``action`` names on the page of ``obs`` (None: no element, or no action)."""
     try:
@@ -59,11 +55,11 @@ def target_of(obs: BrowserObservation, action: str) -> Target | None:
         return None
     if bid is None:
         return None
-    line = _element_line(bid).search(obs.axtree_txt)
+    element = next((e for e in elements(obs.axtree_txt) if e.bid == bid), None)
     return Target(
         bid=bid,
-        role=line.group(1) if line else "",
-        name=(line.group(2) or "") if line else "",
+        role=element.role if element else "",
+        name=element.label if element else "",
         box=(obs.element_boxes or {}).get(bid),
     )
 

@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
+from services.protocol import axtree as tree
 from services.protocol.actions import allowed_actions, describe
 from services.protocol.env import BrowserObservation
 
@@ -265,9 +266,6 @@ class PromptBuilder:
 
 
 _URL_ATTR = re.compile(r", url='[^']*'")
-_UNNAMED = re.compile(r"^(?P<head>\s*\[[^\]]+\] \w+)(?: '')?(?P<attrs>(?:,.*| value=.*)?)$")
-_NAMED = re.compile(r"^\s*\[[^\]]+\] \w+ '(?P<name>[^']*)'")
-_TEXT = re.compile(r"^\s*StaticText '(?P<text>[^']*)'$")
 
 
 def compact(axtree: str) -> str:
@@ -298,15 +296,17 @@ def compact(axtree: str) -> str:
 
 def _with_its_text(lines: list[str], i: int) -> str | None:
     """Line ``i`` with the text line after it folded in (see ``compact``), or None."""
-    text = _TEXT.match(lines[i + 1]) if i + 1 < len(lines) else None
-    if text is None or not text["text"].strip():
+    label = tree.text(lines[i + 1]) if i + 1 < len(lines) else None
+    node = tree.element(lines[i])
+    if node is None or label is None or not label.strip():
         return None
-    line, depth, text_depth = lines[i], _depth(lines[i]), _depth(lines[i + 1])
-    sole_child = i + 2 == len(lines) or _depth(lines[i + 2]) <= depth
-    if (unnamed := _UNNAMED.match(line)) and text_depth == depth + 1 and sole_child:
-        return f"{unnamed['head']} {text['text'].strip()!r}{unnamed['attrs']}"
-    if (named := _NAMED.match(line)) and text_depth == depth:
-        return line if named["name"].strip() == text["text"].strip() else None
+    label_depth = tree.depth(lines[i + 1])
+    sole_child = i + 2 == len(lines) or tree.depth(lines[i + 2]) <= node.depth
+    unnamed = not node.name and (not node.attrs or node.attrs.startswith((",", " value=")))
+    if unnamed and label_depth == node.depth + 1 and sole_child:
+        return node.with_name(label.strip())
+    if node.named and label_depth == node.depth:
+        return lines[i] if node.name.strip() == label.strip() else None
     return None
 
 
@@ -325,10 +325,6 @@ def page_rendering(compact_axtree: bool, axtree_max_tokens: int) -> str:
     is reused only when this matches."""
     shown = compact(_RENDERING_SAMPLE) if compact_axtree else _RENDERING_SAMPLE
     return f"{hashlib.sha256(shown.encode()).hexdigest()[:12]}/{axtree_max_tokens}"
-
-
-def _depth(line: str) -> int:
-    return len(line) - len(line.lstrip("\t"))
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -19,8 +19,8 @@ from services.env.client import (
     EnvUnavailableError,
 )
 from services.env.families.miniwob import oracle
-from services.env.families.miniwob.solvers import elements
 from services.env.local import start_local_env_pods
+from services.protocol.axtree import elements
 
 pytestmark = pytest.mark.chromium
 MAX_SESSIONS = 3

@@ -15,7 +15,7 @@ from services.env.client import (
 from services.env.config import MiniWoBFamilyConfig, load_config
 from services.env.families import FAMILIES, TaskCatalog, UnknownTaskError, build_families
 from services.env.families.miniwob import TASK_CLASSES
-from services.env.families.miniwob.solvers import elements
+from services.protocol.axtree import elements
 from services.protocol.tasks import miniwob_tasks
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 
-from services.env.families.miniwob.solvers import SOLVERS, Element, elements
+from services.env.families.miniwob.solvers import SOLVERS
 from services.protocol.actions import parse_action
+from services.protocol.axtree import Element, elements
 from services.protocol.env import BrowserObservation
 
 _MAX_PLAN = 8

@@ -12,62 +12,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
-_NODE = re.compile(
-    r"^(?P<indent>\s*)\[(?P<bid>[a-zA-Z0-9]+)\] (?P<role>\w+)(?: '(?P<name>[^']*)')?(?P<attrs>.*)$"
-)
-_TEXT = re.compile(r"^\s*StaticText '(?P<text>[^']*)'")
+from services.protocol.axtree import Element, elements
+
 _QUOTED = re.compile(r'"([^"]*)"')
-
-
-@dataclass(frozen=True)
-class Element:
-    bid: str
-    role: str
-    name: str
-    attrs: str
-    depth: int
-    text: str = ""
-    """The first StaticText line under it (the label of clickable generics and options)."""
-
-    @property
-    def value(self) -> str | None:
-        match = re.search(r"value='([^']*)'", self.attrs)
-        return match.group(1) if match else None
-
-    def flag(self, name: str) -> bool:
-        return f"{name}=True" in self.attrs
-
-    @property
-    def checked(self) -> bool:
-        return "checked='true'" in self.attrs or self.flag("checked")
-
-
-def elements(axtree: str) -> list[Element]:
-    """The elements with a bid, each with the first text line below it."""
-    lines = axtree.splitlines()
-    found = []
-    for i, line in enumerate(lines):
-        match = _NODE.match(line)
-        if not match:
-            continue
-        text = ""
-        for below in lines[i + 1 : i + 4]:
-            if (label := _TEXT.match(below)) and label.group("text").strip():
-                text = label.group("text")
-                break
-        found.append(
-            Element(
-                bid=match["bid"],
-                role=match["role"],
-                name=match["name"] or "",
-                attrs=match["attrs"],
-                depth=len(match["indent"]),
-                text=text,
-            )
-        )
-    return found
 
 
 def _named(page: list[Element], role: str | None, name: str) -> Element | None:
