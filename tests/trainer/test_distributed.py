@@ -115,9 +115,10 @@ def test_rank_0_plays_every_rank_s_prompts_and_each_gets_its_own_back():
 # --- torchrun end to end --------------------------------------------------------------------
 
 
-def _run(tmp_path: Path, model: Path, processes: int) -> Path:
-    """``train`` (demonstrations → SFT step → 2 GRPO steps) under torchrun with ``processes``."""
-    out = tmp_path / f"run-{processes}"
+def _run(tmp_path: Path, model: Path, processes: int, *overrides: str, name: str = "") -> Path:
+    """``train`` (demonstrations → SFT step → 2 GRPO steps) under torchrun with ``processes``;
+    ``overrides``: ``--set`` items; ``name``: the run folder (default ``run-<processes>``)."""
+    out = tmp_path / (name or f"run-{processes}")
     config = {
         "run": {"output_dir": str(out), "seed": 0},
         "model": {"source": str(model)},
@@ -150,12 +151,13 @@ def _run(tmp_path: Path, model: Path, processes: int) -> Path:
         "metrics": {"port": _free_port()},  # a second server on it would fail the run
         "eval": {"after_training": False},
     }
-    path = tmp_path / f"cfg-{processes}.yaml"
+    path = tmp_path / f"cfg-{out.name}-{processes}.yaml"
     path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += [f"--nproc-per-node={processes}", "-m", "services.trainer", "train"]
+    command += ["--config", str(path), *(f"--set={item}" for item in overrides)]
     done = subprocess.run(
-        [*command, "--config", str(path)],
+        command,
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
@@ -204,3 +206,10 @@ def test_two_processes_train_the_same_steps_as_one(tmp_path, tiny_chat_model):
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5, msg=key)
+
+    # The 2-process run's checkpoint resumes on 1 process (DDP checkpoints hold whole weights).
+    assert (two / "checkpoint-2").is_dir()
+    _run(tmp_path, tiny_chat_model, 1, "grpo.max_steps=3", "checkpoint.resume_from_checkpoint=true",
+         name="run-2")  # fmt: skip
+    assert [r["step"] for r in _metrics(two, "grpo")] == [1, 2, 3]
+    assert _episodes(two)[: 2 * 8] == episodes and len(_episodes(two)) == 3 * 8
