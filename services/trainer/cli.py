@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format=f"%(asctime)s {rank}%(levelname)s %(name)s: %(message)s"
     )
     if args.command == "eval":
+        if world.distributed:  # every rank would play every episode again
+            print("eval runs as one process: python -m services.trainer eval", file=sys.stderr)
+            return 2
         return eval_cli.run_from_args(args)
     if args.command == "report":
         return write_report(args.run_dir)

@@ -67,6 +67,12 @@ def test_what_n_processes_cannot_do_is_refused_before_anything_starts(
     assert "config error" in capsys.readouterr().err
 
 
+def test_evaluation_under_torchrun_is_refused(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["eval", "--config", "services/trainer/configs/local_cpu.yaml"]) == 2
+    assert "eval runs as one process" in capsys.readouterr().err
+
+
 class _Player:
     """Stands in for rank 0's BrowserRollout: one value per prompt, or a failed rollout."""
 
