@@ -84,13 +84,24 @@ def check(cfg: TrainerConfig, world: World) -> None:
             "replay.enabled with several trainer processes is not supported yet (the replay "
             "term's extra passes would have to run on every rank alike): set replay.enabled=false"
         )
-    per_process(
+    grpo_accumulation(cfg, world)
+    if cfg.sft.enabled:
+        sft_accumulation(cfg, world)
+
+
+def grpo_accumulation(cfg: TrainerConfig, world: World) -> int:
+    """Each process's micro-batches of a GRPO step."""
+    return per_process(
         cfg.grpo.micro_batches_per_step,
         world,
         "grpo micro-batches per step (prompts_per_step * num_generations / micro_batch_size)",
     )
-    if cfg.sft.enabled:
-        per_process(cfg.sft.gradient_accumulation_steps, world, "sft.gradient_accumulation_steps")
+
+
+def sft_accumulation(cfg: TrainerConfig, world: World) -> int:
+    """Each process's micro-batches of an SFT step."""
+    steps = cfg.sft.gradient_accumulation_steps
+    return per_process(steps, world, "sft.gradient_accumulation_steps")
 
 
 def start(world: World, *, use_cpu: bool, timeout_s: float) -> None:

@@ -54,11 +54,7 @@ def grpo_args(cfg: TrainerConfig, world: World = SINGLE):
     from trl import GRPOConfig
 
     g = cfg.grpo
-    accumulation = distributed.per_process(
-        g.micro_batches_per_step,
-        world,
-        "grpo micro-batches per step (prompts_per_step * num_generations / micro_batch_size)",
-    )
+    accumulation = distributed.grpo_accumulation(cfg, world)
     return GRPOConfig(
         output_dir=str(cfg.run.output_dir),
         seed=cfg.run.seed,

@@ -75,9 +75,7 @@ def sft_args(cfg: TrainerConfig, world: World = SINGLE):
     from trl import SFTConfig
 
     s = cfg.sft
-    accumulation = distributed.per_process(
-        s.gradient_accumulation_steps, world, "sft.gradient_accumulation_steps"
-    )
+    accumulation = distributed.sft_accumulation(cfg, world)
     return SFTConfig(
         output_dir=str(cfg.sft_folder),
         seed=cfg.run.seed,
