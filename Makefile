@@ -150,5 +150,5 @@ bench-rollout: setup ## rollout engine vs a sequential loop: episodes/s at 1, 2,
 
 .PHONY: gpu-check
 
-gpu-check: setup ## one GPU: SFT step and GRPO update of the LFM2-350M shape, LoRA and full, tokens/s and memory (~3 min)
+gpu-check: setup ## one GPU: SFT step and GRPO update of the LFM2-350M shape, LoRA and full, tokens/s and memory (~1 min on an H200)
 	$(PY) scripts/gpu_check.py --json runs/gpu_check.json $(BENCH_ARGS)

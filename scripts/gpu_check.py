@@ -1,13 +1,14 @@
 """`make gpu-check`: one GPU's speed and memory for the trainer's two updates, LFM2-350M-shaped.
 
 Times TRL's SFT step and GRPO update on the random LFM2-350M (the real shape, random weights: no
-download), float32 master weights with bf16 compute as the trainer runs them, LoRA (r 16, every
-linear layer) and full fine-tune, and prints tokens/s and peak memory as a Markdown table for
-BENCHMARKS.md (and JSON to --json). Rollouts are synthetic (random token ids with the lengths of a
-multi-turn episode, the env's tokens masked): env pods and vLLM are not what is timed here. About
-3 minutes on one H100-class GPU.
+download) as the trainer runs them: bf16 compute, float32 master weights for a full fine-tune and
+a bf16 base under LoRA (r 16, every linear layer). Prints tokens/s and peak memory as a Markdown
+table for BENCHMARKS.md (and JSON to --json). Rollouts are synthetic (random token ids with the
+lengths of a multi-turn episode, the env's tokens masked): env pods and vLLM are not timed here.
+About a minute on one H200 (10 timed steps per case after one warm-up).
 
-    python scripts/gpu_check.py                               # the GPU check
+    python scripts/gpu_check.py                               # the GPU check (micro-batch 8)
+    python scripts/gpu_check.py --micro 32                    # bigger micro-batches
     python scripts/gpu_check.py --size tiny --steps 2         # the same code on CPU, in seconds
 """
 
@@ -29,7 +30,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from services.trainer.models import build_random_model
 
 EPISODES = 32  # prompts_per_step 4 × num_generations 8, as in the chart's default
-MICRO = 8  # sequences per forward/backward
 PROMPT, ACTION, PAGE, TURNS = 600, 24, 200, 3  # tokens: first page, one action, each later page
 
 
@@ -92,13 +92,14 @@ def outcome(prompts, completions, outcome, **_) -> list[float]:
     return [float(o) for o in outcome]
 
 
-def _common(out: Path, steps: int, lora: bool) -> dict:
+def _common(out: Path, steps: int, lora: bool, micro: int, checkpointing: bool) -> dict:
     gpu = torch.cuda.is_available()
     return {
         "output_dir": str(out),
         "max_steps": steps,
-        "per_device_train_batch_size": MICRO,
-        "gradient_accumulation_steps": EPISODES // MICRO,
+        "per_device_train_batch_size": micro,
+        "gradient_accumulation_steps": EPISODES // micro,
+        "gradient_checkpointing": checkpointing,  # TRL defaults it on; the trainer's configs off
         "learning_rate": 2e-4 if lora else 2e-5,
         "bf16": gpu,
         "use_cpu": not gpu,
@@ -109,6 +110,13 @@ def _common(out: Path, steps: int, lora: bool) -> dict:
     }
 
 
+def _model(folder: Path, lora: bool):
+    """As the trainer loads it: float32 master weights, a frozen LoRA base in the compute dtype."""
+    gpu = torch.cuda.is_available()
+    dtype = torch.bfloat16 if lora and gpu else torch.float32
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+
+
 def _peft(lora: bool):
     if not lora:
         return None
@@ -117,7 +125,7 @@ def _peft(lora: bool):
     return LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
-def sft_step(folder: Path, out: Path, steps: int, lora: bool) -> tuple[list[float], int]:
+def sft_step(folder: Path, out: Path, steps: int, lora: bool, **common) -> tuple[list[float], int]:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -135,8 +143,8 @@ def sft_step(folder: Path, out: Path, steps: int, lora: bool) -> tuple[list[floa
     )
     timer = StepTimer()
     trainer = SFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
-        args=SFTConfig(**_common(out, steps, lora), max_length=None),
+        model=_model(folder, lora),
+        args=SFTConfig(**_common(out, steps, lora, **common), max_length=None),
         train_dataset=data,
         processing_class=tokenizer,
         peft_config=_peft(lora),
@@ -146,7 +154,9 @@ def sft_step(folder: Path, out: Path, steps: int, lora: bool) -> tuple[list[floa
     return timer.seconds, sum(len(r) for r in data["input_ids"][:EPISODES])
 
 
-def grpo_update(folder: Path, out: Path, steps: int, lora: bool) -> tuple[list[float], int]:
+def grpo_update(
+    folder: Path, out: Path, steps: int, lora: bool, **common
+) -> tuple[list[float], int]:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -154,11 +164,11 @@ def grpo_update(folder: Path, out: Path, steps: int, lora: bool) -> tuple[list[f
     timer = StepTimer()
     completion = TURNS * ACTION + (TURNS - 1) * PAGE
     trainer = GRPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+        model=_model(folder, lora),
         reward_funcs=outcome,
         args=GRPOConfig(
-            **_common(out, steps, lora),
-            steps_per_generation=EPISODES // MICRO,
+            **_common(out, steps, lora, **common),
+            steps_per_generation=EPISODES // common["micro"],
             num_generations=8,
             max_completion_length=completion,
             beta=0.04,  # the configs' KL to the phase start: a reference pass per micro-batch
@@ -178,9 +188,15 @@ def grpo_update(folder: Path, out: Path, steps: int, lora: bool) -> tuple[list[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default="lfm2-350m", choices=["lfm2-350m", "tiny"])
-    parser.add_argument("--steps", type=int, default=4, help="steps per case; the first is warm-up")
+    parser.add_argument("--steps", type=int, default=11, help="per case; the first warms up")
+    parser.add_argument("--micro", type=int, default=8, help="sequences per forward/backward")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="as model.gradient_checkpointing"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    if args.micro < 1 or EPISODES % args.micro:
+        parser.error(f"--micro must divide the {EPISODES} sequences of a step")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,7 +206,14 @@ def main() -> None:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
-                seconds, tokens = run(folder, Path(tmp) / "out", args.steps, lora)
+                seconds, tokens = run(
+                    folder,
+                    Path(tmp) / "out",
+                    args.steps,
+                    lora,
+                    micro=args.micro,
+                    checkpointing=args.gradient_checkpointing,
+                )
                 median = statistics.median(seconds[1:] or seconds)  # without the warm-up step
                 peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0
                 rows.append(
@@ -205,15 +228,19 @@ def main() -> None:
                 )
                 print(json.dumps(rows[-1]), flush=True)
     compute = "bf16" if torch.cuda.is_available() else "fp32"
+    checkpointing = "on" if args.gradient_checkpointing else "off"
     print(f"\n{args.size} (random weights), {device}, {EPISODES} sequences per step, "
-          f"micro-batch {MICRO}, float32 weights, {compute} compute\n")  # fmt: skip
+          f"micro-batch {args.micro}, gradient checkpointing {checkpointing}, "
+          f"{compute} compute\n")  # fmt: skip
     print("| stage | weights | s/step (median) | tokens/s | peak GPU memory |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['stage']} | {r['weights']} | {r['seconds_per_step']} | "
               f"{r['tokens_per_s']} | {r['peak_gib']} GiB |")  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps({"device": device, "size": args.size, "rows": rows}))
+        setup = {"device": device, "size": args.size, "micro": args.micro}
+        setup["gradient_checkpointing"] = args.gradient_checkpointing
+        args.json.write_text(json.dumps({**setup, "rows": rows}))
 
 
 if __name__ == "__main__":
