@@ -87,6 +87,13 @@ class InferenceConfig(BaseModel):
         default=None,
         description="Enable vLLM's native weight transfer (needs GPUs on both sides).",
     )
+    weight_transfer_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A native transfer with no call for this long is abandoned (its trainer "
+        "died): generation resumes if no weight was written yet, else the server is marked "
+        "failed (mixed weights) and gets replaced.",
+    )
     api_key_env: str | None = Field(
         default=None,
         description="Environment variable holding the API key; None = no authentication.",

@@ -123,6 +123,7 @@ class PolicyManager:
         keep_adapter_versions: int,
         pause_mode: Literal["wait", "abort"],
         base_shapes: dict[str, tuple[int, ...]],
+        transfer_timeout_s: float = 600.0,
     ) -> None:
         self.engine = engine
         self._base_model = base_model
@@ -136,6 +137,9 @@ class PolicyManager:
         self._update_lock = asyncio.Lock()
         self._transfer_version: int | None = None
         self._transfer_started = 0.0
+        self._transfer_chunks = 0
+        self._transfer_timeout_s = transfer_timeout_s
+        self._transfer_watchdog: asyncio.TimerHandle | None = None
         self.gate = GenerationGate()
         self.served = ServedVersion(0, None, None, base_model)
         self.failed: str | None = None
@@ -372,6 +376,42 @@ class PolicyManager:
             raise
         self._transfer_version = version
         self._transfer_started = time.perf_counter()
+        self._transfer_chunks = 0
+        self._arm_watchdog(version)
+
+    def _arm_watchdog(self, version: int) -> None:
+        """A trainer that dies between begin and commit must not leave generation held forever:
+        ``transfer_timeout_s`` after the last call of the transfer, it is abandoned."""
+        if self._transfer_watchdog is not None:
+            self._transfer_watchdog.cancel()
+        loop = asyncio.get_running_loop()
+        self._transfer_watchdog = loop.call_later(
+            self._transfer_timeout_s, lambda: loop.create_task(self._abandon(version))
+        )
+
+    async def _abandon(self, version: int) -> None:
+        """End a transfer its trainer left: untouched weights serve again (the version stays);
+        partly written ones are mixed, so the server is marked failed and gets replaced."""
+        if self._transfer_version != version:
+            return
+        self._transfer_version = None
+        self._transfer_watchdog = None
+        if self._transfer_chunks:
+            self._mark_failed(
+                f"native weight transfer of version {version} abandoned after "
+                f"{self._transfer_chunks} chunk(s): no call for {self._transfer_timeout_s:.0f} s"
+            )
+            metrics.WEIGHT_UPDATES.labels(UpdateKind.FULL.value, "error").inc()
+        else:
+            log.warning(
+                "native weight transfer of version %d abandoned before any weight was written "
+                "(no call for %.0f s): serving version %d again",
+                version, self._transfer_timeout_s, self.served.version,
+            )  # fmt: skip
+        try:
+            await self._release_generations()
+        finally:
+            self._update_lock.release()
 
     async def transfer_update(self, update_info: dict | list) -> None:
         """One chunk of a native transfer; a failure leaves mixed weights, so it is fatal."""
@@ -379,6 +419,8 @@ class PolicyManager:
             raise UpdateRefused(
                 PolicyErrorCode.INVALID_UPDATE, "no weight transfer in progress: call begin first"
             )
+        self._transfer_chunks += 1
+        self._arm_watchdog(self._transfer_version)
         try:
             await self.engine.transfer_update(update_info)
         except Exception as error:
@@ -415,6 +457,9 @@ class PolicyManager:
             )
         finally:
             self._transfer_version = None
+            if self._transfer_watchdog is not None:
+                self._transfer_watchdog.cancel()
+                self._transfer_watchdog = None
             try:
                 await self._release_generations()
             finally:

@@ -110,6 +110,7 @@ async def serve(config: InferenceConfig, args: argparse.Namespace, port_file: Pa
             keep_adapter_versions=config.keep_adapter_versions,
             pause_mode=config.pause_mode,
             base_shapes=base_shapes,
+            transfer_timeout_s=config.weight_transfer_timeout_s,
         )
         app.state.policy = manager
         app.include_router(router)

@@ -252,3 +252,31 @@ async def test_native_transfer_is_bracketed_and_versioned(tmp_path: Path):
         "reset_prefix_cache", "resume",
     ]  # fmt: skip
     assert (await client.get("/ready")).status_code == 200
+
+
+@pytest.mark.parametrize("chunks", [0, 1])
+async def test_a_transfer_its_trainer_abandoned_does_not_hold_generation_forever(
+    tmp_path: Path, chunks: int
+):
+    """The trainer died between begin and commit. Untouched weights serve again; partly written
+    ones are mixed, so the server is marked failed (its pod gets replaced) instead of paused."""
+    engine, manager, client = build(tmp_path)
+    manager._transfer_timeout_s = 0.2
+    assert (await client.post("/v1/policy/weights/begin", json={"version": 4})).is_success
+    for _ in range(chunks):
+        update = await client.post("/v1/policy/transfer/update", json={"update_info": {"n": 1}})
+        assert update.is_success
+    assert (await client.get("/ready")).status_code == 503
+    await asyncio.sleep(0.5)
+    late = await client.post("/v1/policy/weights/commit", json={"version": 4})
+    assert late.status_code == 400  # the abandoned transfer cannot be committed any more
+    status = (await client.get("/v1/policy")).json()
+    assert status["version"] == 0  # the version never moved
+    if chunks:
+        assert (await client.get("/health")).status_code == 503
+        assert "abandoned after 1 chunk" in status["failed"]
+    else:
+        assert (await client.get("/ready")).status_code == 200 and status["failed"] is None
+        assert engine.names()[-1] == "resume"
+        reply = await client.post("/v1/completions", json={"model": "policy", "prompt": [1]})
+        assert reply.status_code == 200  # generation runs again
