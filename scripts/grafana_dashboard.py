@@ -244,6 +244,24 @@ INFERENCE = [
         unit="s",
     ),
     Panel(
+        "Replicas: version lag and requests in flight (trainer's view)",
+        [
+            (
+                f"max by (replica) (trainer_inference_replica_version_lag{{{NS}}})",
+                "lag {{replica}}",
+            ),
+            (
+                f"sum by (replica) (trainer_inference_replica_in_flight{{{NS}}})",
+                "in flight {{replica}}",
+            ),
+            (f"sum(trainer_inference_replica_up{{{NS}}})", "replicas up"),
+            (f"sum(rate(trainer_inference_retries_total{{{NS}}}[{RATE}]))", "retried requests/s"),
+        ],
+        description="Lag above 0: a replica behind the pushed policy (restarted, refused an "
+        "update) that gets no generation until the trainer updates it. Retries: requests moved "
+        "to another replica after theirs failed.",
+    ),
+    Panel(
         "Weight updates",
         [
             (quantile(0.95, "inference_weight_update_seconds", by="kind"), "{{kind}} p95 s"),

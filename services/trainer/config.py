@@ -255,7 +255,7 @@ CurriculumConfig = typed_union(
 
 
 class StaticDiscoveryConfig(_Section):
-    """A fixed list of env pod URLs (plus the local pods the trainer starts)."""
+    """A fixed list of URLs: env pods (plus the local pods the trainer starts), or servers."""
 
     type: Literal["static"] = "static"
     endpoints: list[str] = Field(default_factory=list, description="Env pod base URLs.")
@@ -264,12 +264,13 @@ class StaticDiscoveryConfig(_Section):
     def _urls(self) -> StaticDiscoveryConfig:
         for url in self.endpoints:
             if not url.startswith(("http://", "https://", "ws://", "wss://")):
-                raise ValueError(f"env endpoint {url!r} must start with http(s):// or ws(s)://")
+                raise ValueError(f"endpoint {url!r} must start with http(s):// or ws(s)://")
         return self
 
 
 class KubernetesDiscoveryConfig(_Section):
-    """The ready pods behind a Service, from its EndpointSlices (live: scale with kubectl)."""
+    """The ready pods behind a Service, from its EndpointSlices (live: scale with kubectl): env
+    pods, or the inference service's replicas."""
 
     type: Literal["kubernetes"] = "kubernetes"
     service: str = Field("browser-env", min_length=1, description="Env Service name.")
@@ -371,13 +372,21 @@ class RemoteBackendConfig(_Section):
     """An OpenAI-compatible ``/v1/completions`` server with token ids: the vLLM service."""
 
     type: Literal["remote"] = "remote"
-    base_url: str = Field("http://127.0.0.1:8000", description="Server URL.")
+    servers: DiscoveryConfig = Field(
+        default_factory=lambda: StaticDiscoveryConfig(endpoints=["http://127.0.0.1:8000"]),
+        description="The server, or its replicas: {type: static, endpoints: [url, ...]} or "
+        "{type: kubernetes, service} (each ready pod addressed directly; "
+        "services/trainer/replicas.py says where each request goes).",
+    )
     model: str | None = Field(
         None, description="'model' field of requests (None: the server's first model)."
     )
     api_key_env: str | None = Field(None, description="Env var holding a bearer token, if any.")
     timeout_s: float = Field(300.0, gt=0, description="Per request timeout.")
-    max_concurrency: int = Field(64, ge=1, description="Requests in flight at most.")
+    max_concurrency: int = Field(64, ge=1, description="Requests in flight per server at most.")
+    max_retries: int = Field(
+        3, ge=0, description="Other servers one request tries after its own failed (infra)."
+    )
     wait_ready_s: float = Field(
         1800.0,
         ge=0,
@@ -585,7 +594,12 @@ class PolicySyncConfig(_Section):
     """Where and how the trainer pushes each new policy to the inference service."""
 
     enabled: bool = Field(False, description="Push the policy to the inference service.")
-    base_url: str = Field("http://127.0.0.1:8000", description="Inference service URL.")
+    servers: DiscoveryConfig = Field(
+        default_factory=lambda: StaticDiscoveryConfig(endpoints=["http://127.0.0.1:8000"]),
+        description="The inference service's replicas, every one of which gets every update: "
+        "{type: static, endpoints} or {type: kubernetes, service}. The same as "
+        "generation.backend.servers: generation then only uses replicas at the pushed version.",
+    )
     sync_every_steps: int = Field(1, ge=1, description="Push after every N optimizer steps.")
     mode: Literal["adapter", "full"] = Field(
         "adapter", description="Push LoRA adapters or full weights."
@@ -621,6 +635,15 @@ class PolicySyncConfig(_Section):
     nccl: NcclTransferConfig = Field(
         default_factory=NcclTransferConfig, description="NCCL transport settings."
     )
+
+    @model_validator(mode="after")
+    def _nccl_reaches_one_server(self) -> PolicySyncConfig:
+        listed = self.servers.endpoints if self.servers.type == "static" else []
+        if self.transport == "nccl" and len(listed) > 1:
+            raise ValueError(
+                "policy_sync.transport nccl sends to one replica: for several use shared_dir"
+            )
+        return self
 
 
 class DemosConfig(_Section):

@@ -31,6 +31,7 @@ from services.trainer.metrics import TrainerMetrics
 from services.trainer.phases import PhaseReference, drop_reference_adapter
 from services.trainer.progress import METRICS_FILE, MetricsLog, StepLine
 from services.trainer.replay import ReplayBuffer, ReplayTerm
+from services.trainer.replicas import ReplicaSet, replica_set
 from services.trainer.restarts import (
     CurriculumCheckpoint,
     GracefulStop,
@@ -203,8 +204,9 @@ def build_training(
     metrics = metrics or TrainerMetrics()
     trainer_ref: list = []
     rollout = None
+    replicas = shared_replicas(cfg) if world.main else None
     if world.main:
-        rollout = _browser_rollout(cfg, discovery, tokenizer, metrics, trainer_ref)
+        rollout = _browser_rollout(cfg, discovery, tokenizer, metrics, trainer_ref, replicas)
     rollout_func = ShardedRollout(rollout, world) if world.distributed else rollout
     assert rollout_func is not None
     buffer = rollout.replay if rollout is not None else None
@@ -246,10 +248,12 @@ def build_training(
         trainer.add_callback(curriculum_checkpoint)
     graceful_stop = GracefulStop(world)
     trainer.add_callback(graceful_stop)
-    if cfg.policy_sync.enabled:
+    if cfg.policy_sync.enabled and world.main:
         from services.trainer.policy_sync import build_callback
 
-        trainer.add_callback(build_callback(cfg.policy_sync, push_at_start=cfg.sft.enabled))
+        trainer.add_callback(
+            build_callback(cfg.policy_sync, push_at_start=cfg.sft.enabled, replicas=replicas)
+        )
     return Training(
         trainer,
         rollout,
@@ -264,22 +268,41 @@ def build_training(
     )
 
 
+def shared_replicas(cfg: TrainerConfig) -> ReplicaSet | None:
+    """One replica set for generation and the policy pushes when both name the same servers, so
+    generation only goes to replicas that serve the pushed version (services/trainer/replicas.py).
+    """
+    backend = cfg.generation.backend
+    if (
+        cfg.policy_sync.enabled
+        and backend.type == "remote"
+        and backend.servers == cfg.policy_sync.servers
+    ):
+        return replica_set(backend.servers)
+    return None
+
+
 def _browser_rollout(
     cfg: TrainerConfig,
     discovery: Discovery | Sequence[str],
     tokenizer,
     metrics: TrainerMetrics,
     trainer_ref: list,
+    replicas: ReplicaSet | None = None,
 ) -> BrowserRollout:
     """Rank 0's episode player: generation backend, rollout stack, curriculum, replay buffer.
-    ``trainer_ref`` holds the trainer once it exists (the local backend samples its model)."""
+    ``trainer_ref`` holds the trainer once it exists (the local backend samples its model);
+    ``replicas``: the inference replicas shared with the policy pushes, if any."""
     if not isinstance(discovery, Discovery):
         discovery = StaticDiscovery(discovery)
     context = BackendContext(
         tokenizer=tokenizer,
         model=lambda: trainer_ref[0].accelerator.unwrap_model(trainer_ref[0].model),
         policy_version=lambda: trainer_ref[0].state.global_step if trainer_ref else 0,
+        replicas=replicas,
     )
+    if replicas is not None:
+        metrics.watch_replicas(replicas)
     backend = build_backend(cfg.generation.backend, context)
     stack = RolloutStack(cfg, tokenizer, backend, discovery, observer=metrics)
     curriculum = build_curriculum(cfg.curriculum, cfg.tasks.names, seed=cfg.run.seed)

@@ -14,7 +14,10 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from services.trainer.replicas import ReplicaSet
 from services.trainer.rollout import Episode, RolloutObserver
 
 STAGES = ("demos", "sft", "grpo", "eval")
@@ -146,6 +149,10 @@ class TrainerMetrics(RolloutObserver):
 
     # --- per step ---------------------------------------------------------------------------
 
+    def watch_replicas(self, replicas: ReplicaSet) -> None:
+        """Export the inference replicas' state (``ReplicaCollector``) from now on."""
+        self.registry.register(ReplicaCollector(replicas))
+
     def set_policy_version(self, version: int) -> None:
         self._current_version = version
         self.policy_version.set(version)
@@ -186,6 +193,41 @@ class TrainerMetrics(RolloutObserver):
         for key, gauge in (("loss", self.loss), ("kl", self.kl), ("grad_norm", self.grad_norm)):
             if key in logs:
                 gauge.set(logs[key])
+
+
+class ReplicaCollector(Collector):
+    """The inference replicas as the trainer sees them, read from the ``ReplicaSet`` at scrape
+    time: per replica whether it is up, its version lag behind the pushed version, the requests
+    in flight; and the requests moved to another replica after theirs failed."""
+
+    def __init__(self, replicas: ReplicaSet) -> None:
+        self.replicas = replicas
+
+    def collect(self):
+        labels = ["replica"]
+        up = GaugeMetricFamily(
+            "trainer_inference_replica_up", "1 while the replica answers.", labels=labels
+        )
+        lag = GaugeMetricFamily(
+            "trainer_inference_replica_version_lag",
+            "Pushed policy version minus the version the replica serves (0: current).",
+            labels=labels,
+        )
+        in_flight = GaugeMetricFamily(
+            "trainer_inference_replica_in_flight", "Generation requests in flight.", labels=labels
+        )
+        target = self.replicas.target
+        for replica in self.replicas.all():
+            up.add_metric([replica.url], 1.0 if replica.up else 0.0)
+            if target is not None and replica.version is not None:
+                lag.add_metric([replica.url], float(target - replica.version))
+            in_flight.add_metric([replica.url], float(replica.in_flight))
+        retries = CounterMetricFamily(
+            "trainer_inference_retries",
+            "Generation requests retried on another replica after theirs failed.",
+            value=self.replicas.retries,
+        )
+        return [up, lag, in_flight, retries]
 
 
 def serve(metrics: TrainerMetrics, port: int, host: str = "0.0.0.0") -> int:

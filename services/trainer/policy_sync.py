@@ -10,8 +10,11 @@ policy version = the trainer's ``global_step``:
   service reloads them (GPU-free path); or, with ``transport: nccl``, broadcast over NCCL with
   vLLM's native weight transfer (GPU clusters; needs vLLM installed in the trainer image).
 
-Every generation then reports the version that produced it (``x-policy-version``), which the
-remote generation backend records per sample, so staleness is visible.
+The service may be N replicas (``policy_sync.servers``): the policy is saved once and sent to
+every replica; the rules for replicas that refuse, die or rejoin are in
+``services/trainer/replicas.py``. Every generation reports the version that produced it
+(``x-policy-version``), which the remote generation backend records per sample, so staleness is
+visible.
 
 What happens when things go wrong (each case tested):
 
@@ -25,7 +28,8 @@ What happens when things go wrong (each case tested):
   counted as a refusal.
 - The service refuses a push (bad files, wrong shapes, stale version): it keeps serving the
   previous version; the trainer logs it and stops after ``max_consecutive_refusals`` refusals in
-  a row instead of silently training off-policy.
+  a row instead of silently training off-policy. With several replicas a push is refused only
+  when every replica refused it.
 
 Wire types: ``services/protocol/inference.py``.
 """
@@ -38,6 +42,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +60,7 @@ from services.protocol.inference import (
     WeightTransferBegin,
     WeightTransferCommit,
 )
+from services.trainer.replicas import ReplicaSet, replica_set
 
 log = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -97,28 +105,6 @@ class PolicyClient:
 
     def status(self) -> PolicyStatus:
         return PolicyStatus.model_validate(self._call("GET", "/v1/policy"))
-
-    def wait_ready(self, timeout_s: float) -> PolicyStatus:
-        """The service's status once it answers ready, waiting with back-off up to
-        ``timeout_s``; ``PolicySyncError`` with its last answer when time is up."""
-        deadline = time.monotonic() + timeout_s
-        delay = 1.0
-        while True:
-            try:
-                status = self.status()
-                if status.ready:
-                    return status
-                last = f"not ready ({status.failed or 'updating'})"
-            except PolicySyncError as error:
-                last = str(error)
-            if time.monotonic() + delay > deadline:
-                raise PolicySyncError(
-                    f"inference service {self._http.base_url} not ready after "
-                    f"{timeout_s:.0f} s: {last}"
-                )
-            log.info("waiting for the inference service %s: %s", self._http.base_url, last)
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
 
     def push_adapter_files(
         self, version: int, folder: Path, *, restart: bool = False
@@ -180,6 +166,12 @@ class PolicyClient:
             ) from None
 
 
+def _answer(answer: PolicyStatus | PolicySyncError) -> str:
+    if isinstance(answer, PolicySyncError):
+        return str(answer)
+    return "ready" if answer.ready else f"not ready ({answer.failed or 'updating'})"
+
+
 def _unwrap(model):
     return getattr(model, "module", model)
 
@@ -188,23 +180,56 @@ def _is_peft(model) -> bool:
     return hasattr(model, "peft_config")
 
 
+@dataclass
+class FanOut:
+    """What each replica answered to one version: the push is done if any replica took it."""
+
+    version: int
+    accepted: dict[str, PolicyUpdateResult] = field(default_factory=dict)
+    refused: dict[str, PolicySyncError] = field(default_factory=dict)
+    unreachable: dict[str, PolicySyncError] = field(default_factory=dict)
+
+    def error(self) -> PolicySyncError:
+        """The push's failure when no replica took it: a refusal only if every one said no."""
+        failures = {**self.refused, **self.unreachable}
+        if len(failures) == 1:
+            return next(iter(failures.values()))
+        detail = "; ".join(f"{url}: {error}" for url, error in failures.items())
+        first = next(iter(self.refused.values()), None)
+        if first is None or self.unreachable:
+            return PolicySyncError(detail or "no inference replica discovered")
+        return PolicySyncError(detail, code=first.code, status=first.status)
+
+
 class PolicyPusher:
-    """Saves the policy in the form the service wants and pushes it under a version number."""
+    """Saves the policy once in the form the service wants and sends it to every replica."""
 
     def __init__(
         self,
-        client: PolicyClient,
+        replicas: ReplicaSet,
+        client: Callable[[str], PolicyClient],
         *,
         mode: Literal["adapter", "full"],
         settings,
         shared_dir: Path | None,
     ) -> None:
-        self.client = client
+        self.replicas = replicas
+        self._make_client = client
+        self._clients: dict[str, PolicyClient] = {}
         self.mode = mode
         self.settings = settings  # PolicySyncConfig
         self.shared_dir = shared_dir
         self.transport = self._transport()
         self._nccl = None
+        self._saved: tuple[int, Path | str] | None = None  # the last version's files, to re-send
+        self._scratch = (
+            Path(tempfile.mkdtemp(prefix="policy-push-")) if self.transport == "upload" else None
+        )
+
+    def client(self, url: str) -> PolicyClient:
+        if url not in self._clients:
+            self._clients[url] = self._make_client(url)
+        return self._clients[url]
 
     def _transport(self) -> str:
         chosen = self.settings.transport
@@ -222,27 +247,85 @@ class PolicyPusher:
             )
         return chosen
 
-    def push(self, model, version: int, *, restart: bool = False) -> PolicyUpdateResult:
+    def statuses(self) -> dict[str, PolicyStatus | PolicySyncError]:
+        """Every replica's status (or why it did not answer), recorded in the replica set."""
+        answers: dict[str, PolicyStatus | PolicySyncError] = {}
+        for replica in self.replicas.all():
+            try:
+                status = self.client(replica.url).status()
+                self.replicas.served(replica.url, status.version, up=status.ready)
+                answers[replica.url] = status
+            except PolicySyncError as error:
+                self.replicas.failed(replica.url, str(error))
+                answers[replica.url] = error
+        return answers
+
+    def push(self, model, version: int, *, restart: bool = False) -> FanOut:
+        """Save ``version`` once and send it to every replica (``FanOut`` says who took it)."""
         model = _unwrap(model)
         if self.mode == "adapter" and not _is_peft(model):
             raise PolicySyncError("policy_sync.mode 'adapter' needs a LoRA (PEFT) model")
+        urls = [r.url for r in self.replicas.all()]
         if self.transport == "nccl":
-            return self._push_nccl(model, version, restart)
+            if len(urls) != 1:
+                raise PolicySyncError(
+                    f"the NCCL transport sends to one replica, and {len(urls)} are discovered: "
+                    "use transport shared_dir for several"
+                )
+            return self._send(
+                urls, version, lambda url: self._push_nccl(url, model, version, restart)
+            )
         if self.transport == "upload":
-            with tempfile.TemporaryDirectory(prefix="adapter-") as scratch:
-                model.save_pretrained(scratch, selected_adapters=["default"])
-                return self.client.push_adapter_files(version, Path(scratch), restart=restart)
-        folder = self._save_to_shared_dir(model, version)
-        service_path = str(folder)
-        if self.settings.service_shared_dir:
-            relative = folder.relative_to(self.shared_dir)
-            service_path = str(Path(self.settings.service_shared_dir) / relative)
-        push = (
-            self.client.push_adapter_path if self.mode == "adapter" else self.client.push_full_path
-        )
-        result = push(version, service_path, restart=restart)
-        self._prune(folder.parent)
-        return result
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            model.save_pretrained(self._scratch, selected_adapters=["default"])
+            self._saved = (version, self._scratch)
+        else:
+            folder = self._save_to_shared_dir(model, version)
+            service_path = str(folder)
+            if self.settings.service_shared_dir:
+                relative = folder.relative_to(self.shared_dir)
+                service_path = str(Path(self.settings.service_shared_dir) / relative)
+            self._saved = (version, service_path)
+            self._prune(folder.parent)
+        return self.resend(urls, restart=restart)
+
+    def resend(self, urls: list[str], *, restart: bool = True) -> FanOut:
+        """Send the last pushed version's files again (a replica that was behind or restarted)."""
+        if self._saved is None or self.transport == "nccl":
+            return FanOut(self._saved[0] if self._saved else 0)
+        version, files = self._saved
+
+        def send(url: str) -> PolicyUpdateResult:
+            client = self.client(url)
+            if self.transport == "upload":
+                return client.push_adapter_files(version, Path(files), restart=restart)
+            if self.mode == "adapter":
+                return client.push_adapter_path(version, str(files), restart=restart)
+            return client.push_full_path(version, str(files), restart=restart)
+
+        return self._send(urls, version, send)
+
+    def _send(
+        self, urls: list[str], version: int, send: Callable[[str], PolicyUpdateResult]
+    ) -> FanOut:
+        """``send`` to every replica at once; each answer recorded in the replica set."""
+        outcome = FanOut(version)
+        if not urls:
+            return outcome
+        with ThreadPoolExecutor(max_workers=len(urls), thread_name_prefix="policy-push") as pool:
+            futures = {url: pool.submit(send, url) for url in urls}
+        for url, future in futures.items():
+            try:
+                outcome.accepted[url] = future.result()
+                self.replicas.served(url, version)
+            except PolicySyncError as error:
+                if error.refused:
+                    outcome.refused[url] = error
+                    self.replicas.served(url, None, reason=f"refused version {version}")
+                else:
+                    outcome.unreachable[url] = error
+                    self.replicas.failed(url, str(error))
+        return outcome
 
     def _save_to_shared_dir(self, model, version: int) -> Path:
         """Write into a temporary folder, then rename: the service never sees half a checkpoint."""
@@ -266,7 +349,7 @@ class PolicyPusher:
         for stale in versions[: -self.settings.keep_versions]:
             shutil.rmtree(stale, ignore_errors=True)
 
-    def _push_nccl(self, model, version: int, restart: bool) -> PolicyUpdateResult:
+    def _push_nccl(self, url: str, model, version: int, restart: bool) -> PolicyUpdateResult:
         """vLLM's native NCCL broadcast, bracketed so no generation runs on half-written weights.
 
         Not runnable here (no GPU): it follows vLLM's documented trainer-side API and needs
@@ -274,15 +357,16 @@ class PolicyPusher:
         """
         if _is_peft(model):
             raise PolicySyncError("the NCCL path sends full weights: train without LoRA")
+        client = self.client(url)
         if self._nccl is None:
-            self._nccl = _nccl_engine(self.client, model, self.settings)
-        self.client.begin_transfer(version, restart=restart)
+            self._nccl = _nccl_engine(client, model, self.settings)
+        client.begin_transfer(version, restart=restart)
         try:
             self._nccl.send_weights()
         except Exception:
-            self.client.commit_transfer(version, succeeded=False)
+            client.commit_transfer(version, succeeded=False)
             raise
-        return self.client.commit_transfer(version, succeeded=True)
+        return client.commit_transfer(version, succeeded=True)
 
 
 def _nccl_engine(client: PolicyClient, model, settings):
@@ -325,8 +409,9 @@ def _nccl_engine(client: PolicyClient, model, settings):
 
 
 class PolicySyncCallback(TrainerCallback):
-    """Pushes the policy after every ``every`` optimizer steps, and re-establishes the trainer's
-    version on the service at train begin (see the module docstring)."""
+    """Pushes the policy to every replica after every ``every`` optimizer steps, re-sends it to
+    replicas that fell behind before each step, and re-establishes the trainer's version on the
+    service at train begin (see the module docstring)."""
 
     def __init__(
         self,
@@ -338,28 +423,53 @@ class PolicySyncCallback(TrainerCallback):
         push_at_start: bool = False,
     ) -> None:
         self.pusher = pusher
+        self.replicas = pusher.replicas
+        self.replicas.catch_up = pusher.resend
         self.push_at_start = push_at_start
         self.every = every
         self.max_refusals = max_refusals
         self.wait_ready_s = wait_ready_s
         self.refusals = 0
         self.pushed_version: int | None = None
-        self.last_result: PolicyUpdateResult | None = None
+        self.last_result: FanOut | None = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not state.is_world_process_zero:
             return
-        served = self.pusher.client.wait_ready(self.wait_ready_s)
-        fresh = served.version == state.global_step == 0
+        served = self._wait_ready(time.monotonic() + self.wait_ready_s)
+        fresh = state.global_step == 0 and all(s.version == 0 for s in served.values())
         if fresh and not self.push_at_start:
             self.pushed_version = 0  # a fresh service and a fresh trainer: nothing to send
+            self.replicas.pushed(0)
             return
         log.info(
-            "trainer at step %d, service at version %d: pushing the trainer's policy (restart)",
+            "trainer at step %d, service at version(s) %s: pushing the trainer's policy (restart)",
             state.global_step,
-            served.version,
+            sorted({s.version for s in served.values()}),
         )
         self._push(model, state.global_step, restart=True)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        """Before the step's rollout, ask every replica what it serves and send the pushed
+        version to those behind it (restarted, refused, new); the ones that cannot be reached
+        are left out of generation until a later try."""
+        if not state.is_world_process_zero or self.pushed_version is None:
+            return
+        statuses = self.pusher.statuses()
+        stale = [
+            url
+            for url, status in statuses.items()
+            if isinstance(status, PolicyStatus) and status.version != self.pushed_version
+        ]
+        if stale:
+            outcome = self.pusher.resend(stale)
+            missed = sorted({**outcome.refused, **outcome.unreachable})
+            log.info(
+                "replicas behind version %d brought up to date: %s%s",
+                self.pushed_version,
+                sorted(outcome.accepted) or "none",
+                f"; still behind: {missed}" if missed else "",
+            )
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero and state.global_step % self.every == 0:
@@ -373,29 +483,53 @@ class PolicySyncCallback(TrainerCallback):
         started = time.perf_counter()
         deadline = time.monotonic() + self.wait_ready_s
         while True:
-            try:
-                result = self.pusher.push(model, version, restart=restart)
+            outcome = self.pusher.push(model, version, restart=restart)
+            if outcome.accepted:
                 break
-            except PolicySyncError as error:
-                if error.refused:
-                    self._refused(version, error)
-                    return
-                self._wait_for_service(version, error, deadline)
+            error = outcome.error()
+            if error.refused:
+                self._refused(version, error)
+                return
+            self._wait_for_service(version, error, deadline)
         self.refusals = 0
         self.pushed_version = version
-        self.last_result = result
+        self.replicas.pushed(version)
+        self.last_result = outcome
+        missed = {**outcome.refused, **outcome.unreachable}
+        seconds = max(r.seconds for r in outcome.accepted.values())
         log.info(
-            "policy version %d active on the inference service (%s, %.2f s, server %.3f s)",
-            version, result.kind, time.perf_counter() - started, result.seconds,
+            "policy version %d active on %d of %d replicas (%s, %.2f s, server %.3f s)%s",
+            version, len(outcome.accepted), len(outcome.accepted) + len(missed),
+            next(iter(outcome.accepted.values())).kind, time.perf_counter() - started, seconds,
+            f"; behind, no traffic until updated: {sorted(missed)}" if missed else "",
         )  # fmt: skip
 
+    def _wait_ready(self, deadline: float) -> dict[str, PolicyStatus]:
+        """The status of every replica that answers ready, once at least one does; waits with
+        back-off until ``deadline``, then ``PolicySyncError`` with the last answers."""
+        delay = 1.0
+        while True:
+            answers = self.pusher.statuses()
+            ready = {u: a for u, a in answers.items() if isinstance(a, PolicyStatus) and a.ready}
+            if ready:
+                return ready
+            last = "; ".join(f"{url}: {_answer(a)}" for url, a in answers.items())
+            last = last or "no replica discovered yet"
+            if time.monotonic() + delay > deadline:
+                raise PolicySyncError(
+                    f"inference service not ready after {self.wait_ready_s:.0f} s: {last}"
+                )
+            log.info("waiting for the inference service: %s", last)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
     def _wait_for_service(self, version: int, error: PolicySyncError, deadline: float) -> None:
-        """A push that got no answer waits for the service (back-off) until ``deadline``."""
+        """A push that no replica answered waits for the service (back-off) until ``deadline``."""
         log.warning("policy push of version %d could not get through: %s", version, error)
         try:
             if time.monotonic() > deadline:
                 raise error
-            self.pusher.client.wait_ready(max(deadline - time.monotonic(), 0.0))
+            self._wait_ready(deadline)
         except PolicySyncError as last:
             raise PolicySyncError(
                 f"policy push of version {version}: the inference service was unreachable for "
@@ -411,9 +545,12 @@ class PolicySyncCallback(TrainerCallback):
             raise error
 
 
-def build_callback(config, *, push_at_start: bool = False) -> PolicySyncCallback:
+def build_callback(
+    config, *, push_at_start: bool = False, replicas: ReplicaSet | None = None
+) -> PolicySyncCallback:
     """The callback for the trainer's ``policy_sync`` section (``PolicySyncConfig``);
-    ``push_at_start``: the policy is not what the service loaded (GRPO after the SFT stage)."""
+    ``push_at_start``: the policy is not what the service loaded (GRPO after the SFT stage);
+    ``replicas``: the set the generation backend uses too (None: its own, from ``servers``)."""
     api_key = None
     if config.api_key_env:
         api_key = os.environ.get(config.api_key_env)
@@ -422,9 +559,14 @@ def build_callback(config, *, push_at_start: bool = False) -> PolicySyncCallback
                 f"policy_sync.api_key_env: ${config.api_key_env} is not set (the pod needs the "
                 "Secret key that holds the inference API key)"
             )
-    client = PolicyClient(config.base_url, api_key=api_key, timeout_s=config.timeout_s)
     shared_dir = Path(config.shared_dir) if config.shared_dir else None
-    pusher = PolicyPusher(client, mode=config.mode, settings=config, shared_dir=shared_dir)
+    pusher = PolicyPusher(
+        replicas or replica_set(config.servers),
+        lambda url: PolicyClient(url, api_key=api_key, timeout_s=config.timeout_s),
+        mode=config.mode,
+        settings=config,
+        shared_dir=shared_dir,
+    )
     return PolicySyncCallback(
         pusher,
         every=config.sync_every_steps,

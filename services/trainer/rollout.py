@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -169,7 +169,7 @@ class GenerationBatcher:
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s
         self.concurrency = concurrency
-        self._pending: dict[SamplingParams, list[tuple[list[int], asyncio.Future]]] = {}
+        self._pending: dict[SamplingParams, list[tuple[list[int], Hashable, asyncio.Future]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._busy = 0
         self._in_play = 0
@@ -190,14 +190,17 @@ class GenerationBatcher:
     async def reply(
         self, context: list[int], params: SamplingParams, session: EnvSession
     ) -> Generation:
-        """The policy's reply to an episode's context (``session`` unused: the model answers)."""
-        return await self.generate(context, params)
+        """The policy's reply to an episode's context (the session names the episode, so a
+        backend with several servers keeps its turns on one)."""
+        return await self.generate(context, params, episode=id(session))
 
-    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, episode: Hashable = None
+    ) -> Generation:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Generation] = loop.create_future()
         queue = self._pending.setdefault(params, [])
-        queue.append((prompt_ids, future))
+        queue.append((prompt_ids, episode, future))
         if len(queue) >= self.max_batch_size or self._waiting() >= self._in_play:
             self._launch()
         elif self._timer is None:
@@ -220,20 +223,24 @@ class GenerationBatcher:
             self._running.add(task)  # keep a reference until it finishes
             task.add_done_callback(self._running.discard)
 
-    async def _run(self, batch: list[tuple[list[int], asyncio.Future]], params: SamplingParams):
+    async def _run(
+        self, batch: list[tuple[list[int], Hashable, asyncio.Future]], params: SamplingParams
+    ):
         self.batch_sizes.append(len(batch))
         try:
-            results = await self.backend.generate([ids for ids, _ in batch], params)
+            results = await self.backend.generate(
+                [ids for ids, _, _ in batch], params, episodes=[key for _, key, _ in batch]
+            )
             if len(results) != len(batch):
                 raise GenerationError(
                     f"backend returned {len(results)} generations for {len(batch)} prompts"
                 )
         except Exception as exc:
-            for _, fut in batch:
+            for _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
         else:
-            for (_, fut), result in zip(batch, results, strict=True):
+            for (_, _, fut), result in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(result)
         finally:

@@ -23,11 +23,12 @@ RELEASE = "rl"
 NAMESPACE = "browser-rl"
 KUBE_VERSION = "1.30"
 # "default" is values.yaml alone; the others are the documented `-f` value sets.
-VALUE_SETS = ("default", "full", "lora", "cpu", "8gpu", "2x8gpu")
+VALUE_SETS = ("default", "full", "lora", "cpu", "8gpu", "2x8gpu", "3replicas")
 #: What `helm install -f values-full.yaml` needs besides the file: an RWX class of the cluster.
 REQUIRED_SETS = {
     "full": {"policyVolume": {"storageClassName": "nfs-rwx"}},
     "2x8gpu": {"trainer": {"checkpoints": {"storageClassName": "nfs-rwx"}}},
+    "3replicas": {"inference": {"modelCache": {"storageClassName": "nfs-rwx"}}},
 }
 #: API groups of a cluster running kube-prometheus-stack (the Prometheus Operator's CRDs).
 OPERATOR_APIS = ("monitoring.coreos.com/v1", "monitoring.coreos.com/v1/PodMonitor",
@@ -35,7 +36,8 @@ OPERATOR_APIS = ("monitoring.coreos.com/v1", "monitoring.coreos.com/v1/PodMonito
 #: The golden renders' clusters: GPU clusters with kube-prometheus-stack; kind/minikube
 #: (values-cpu.yaml) without it.
 CLUSTER_APIS = {"default": OPERATOR_APIS, "full": OPERATOR_APIS, "lora": OPERATOR_APIS, "cpu": (),
-                "8gpu": OPERATOR_APIS, "2x8gpu": OPERATOR_APIS}  # fmt: skip
+                "8gpu": OPERATOR_APIS, "2x8gpu": OPERATOR_APIS,
+                "3replicas": OPERATOR_APIS}  # fmt: skip
 
 
 def values_for(value_set: str) -> dict[str, Any]:

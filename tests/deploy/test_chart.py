@@ -402,6 +402,19 @@ BAD_VALUES = [
         {"trainer": {"nodes": 2, "gpus": 0, "checkpoints": {"accessMode": "ReadWriteMany"}}},
         "/trainer/gpus",
     ),
+    ({"inference": {"replicas": 0}}, "/inference/replicas"),
+    ({"inference": {"replicas": 3}}, "/inference/modelCache"),  # RWX (or a given claim) needed
+    (
+        {
+            "inference": {
+                "replicas": 2,
+                "modelCache": {"existingClaim": "models"},
+                "weightTransfer": {"mode": "nccl"},
+            },
+            "trainer": {"config": {"lora": {"enabled": False}}},
+        },
+        "/inference/weightTransfer/mode",  # NCCL reaches one replica
+    ),
 ]
 
 
@@ -700,3 +713,40 @@ def test_two_nodes_run_as_an_indexed_job_that_meets_through_the_headless_service
     ]
     assert peers and "ports" not in peers[0]
     assert "publishNotReadyAddresses" in golden_text(rendered["default"])  # harmless for 1 pod
+
+
+def test_three_inference_replicas_are_each_addressed_updated_and_spread_over_nodes(rendered):
+    r = rendered["3replicas"]
+    deployment = one(r, "Deployment", "inference")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    anti = pod_spec(deployment)["affinity"]["podAntiAffinity"]
+    term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    budget = one(r, "PodDisruptionBudget", "inference")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    assert one(r, "PersistentVolumeClaim", "models")["spec"]["accessModes"] == ["ReadWriteMany"]
+    # The trainer finds every replica pod through the inference Service's EndpointSlices, for
+    # generation and for policy updates alike (the RBAC it has for env discovery covers it).
+    config = yaml.safe_load(one(r, "ConfigMap", "trainer")["data"]["trainer.yaml"])
+    service = one(r, "Service", "inference")
+    servers = {
+        "type": "kubernetes",
+        "service": service["metadata"]["name"],
+        "namespace": NAMESPACE,
+        "port_name": "http",
+    }
+    assert config["generation"]["backend"]["servers"] == servers
+    assert config["policy_sync"]["servers"] == servers
+    assert {p["name"] for p in service["spec"]["ports"]} == {"http"}
+    # One replica keeps the old shape: no budget, no anti-affinity, Recreate.
+    single = one(rendered["default"], "Deployment", "inference")
+    assert single["spec"]["strategy"] == {"type": "Recreate"}
+    assert "affinity" not in pod_spec(single)
+    assert not [o for o in objects(rendered["default"], "PodDisruptionBudget")
+                if o["metadata"]["name"].endswith("inference")]  # fmt: skip

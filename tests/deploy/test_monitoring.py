@@ -81,9 +81,13 @@ def scraped_names(text: str) -> set[str]:
 
 
 def trainer_names() -> set[str]:
+    """The trainer's series, with those of the inference replicas it generates on."""
     from services.trainer.metrics import TrainerMetrics
+    from services.trainer.replicas import ReplicaSet
 
-    return {n for f in TrainerMetrics().registry.collect() for n in sample_names(f.name, f.type)}
+    metrics = TrainerMetrics()
+    metrics.watch_replicas(ReplicaSet(["http://replica-0"], target=1))
+    return {n for f in metrics.registry.collect() for n in sample_names(f.name, f.type)}
 
 
 def inference_names() -> set[str]:

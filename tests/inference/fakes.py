@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from fastapi import Request
+from fastapi.responses import JSONResponse
 from safetensors.torch import save_file
 
 HIDDEN = 32
@@ -106,3 +113,75 @@ class RecordingEngine:
 
     def names(self) -> list[str]:
         return [call[0] for call in self.calls]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class PolicyService:
+    """Our inference routes and version middleware on a real loopback HTTP server, the engine
+    double behind them, and an echo ``/v1/completions`` in place of vLLM's (the completion is
+    the prompt's last ids + 1)."""
+
+    url: str
+    engine: RecordingEngine
+    manager: Any
+    server: Any
+    thread: threading.Thread
+    completions: list[dict] = field(default_factory=list)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def serve_policy_service(port: int, base_model: Path, folder: Path) -> PolicyService:
+    import uvicorn
+    from fastapi import FastAPI
+
+    from services.inference.policy import PolicyManager
+    from services.inference.routes import PolicyVersionMiddleware, router
+    from services.inference.validation import tensor_shapes
+
+    engine = RecordingEngine()
+    manager = PolicyManager(
+        engine,
+        base_model=str(base_model),
+        served_name="policy",
+        update_dir=folder / f"service-{port}",
+        lora_enabled=True,
+        max_lora_rank=16,
+        keep_adapter_versions=2,
+        pause_mode="wait",
+        base_shapes=tensor_shapes(base_model),
+    )
+    app = FastAPI()
+    app.state.policy = manager
+    app.include_router(router)
+    app.add_middleware(PolicyVersionMiddleware)
+    seen: list[dict] = []
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": "policy", "object": "model"}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> JSONResponse:
+        body = await request.json()
+        seen.append(body)
+        ids = [i + 1 for i in body["prompt"][-3:]]
+        choice = {"index": 0, "text": "click('13')", "finish_reason": "stop", "token_ids": ids}
+        choice["logprobs"] = {"tokens": ["a"] * len(ids), "token_logprobs": [-0.1] * len(ids)}
+        return JSONResponse({"id": "x", "object": "text_completion", "choices": [choice]})
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    return PolicyService(f"http://127.0.0.1:{port}", engine, manager, server, thread, seen)

@@ -46,7 +46,11 @@ def trainer_config(
         "tasks": {"train": ["click-test"], "max_turns": 2},
         "env": {"discovery": {"endpoints": [env_url]}, "sessions_per_endpoint": 4},
         "generation": {
-            "backend": {"type": "remote", "base_url": server_url, "wait_ready_s": 600},
+            "backend": {
+                "type": "remote",
+                "servers": {"endpoints": [server_url]},
+                "wait_ready_s": 600,
+            },
             "max_new_tokens": 6,
             "temperature": 1.0,
             "batch_wait_ms": 100,
@@ -54,7 +58,11 @@ def trainer_config(
         "prompt": {"axtree_max_tokens": 128, "max_prompt_tokens": MAX_MODEL_LEN - 16},
         "lora": {"enabled": True, "r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
         "grpo": {"prompts_per_step": 1, "num_generations": 2, "micro_batch_size": 2, **grpo},
-        "policy_sync": {"enabled": True, "base_url": server_url, "wait_ready_s": 600},
+        "policy_sync": {
+            "enabled": True,
+            "servers": {"endpoints": [server_url]},
+            "wait_ready_s": 600,
+        },
         "checkpoint": {"save_steps": save_steps, "save_total_limit": None},
         "metrics": {"port": None},
         "eval": {"after_training": False},

@@ -330,7 +330,9 @@ async def test_evaluation_through_a_remote_generation_server(
     cfg = cfg.model_copy(
         update={
             "generation": cfg.generation.model_copy(
-                update={"backend": RemoteBackendConfig(base_url=url, model="policy")}
+                update={
+                    "backend": RemoteBackendConfig(servers={"endpoints": [url]}, model="policy")
+                }
             )
         }
     )

@@ -186,12 +186,12 @@ def test_killing_an_env_pod_mid_rollout_loses_no_training_step(
 
         killed = False
 
-        async def generate(self, prompts, params):
+        async def generate(self, prompts, params, episodes=None):
             if not self.killed:
                 assert training.stack.pool.active_sessions()[victim] > 0
                 _kill_pod(victim)
                 self.killed = True
-            return await real_backend.generate(prompts, params)
+            return await real_backend.generate(prompts, params, episodes)
 
         async def close(self):
             await real_backend.close()

@@ -5,22 +5,17 @@ replaced by the recording double (vLLM is not importable here: see tests/inferen
 ``vllm``-marked end-to-end tests).
 """
 
-import socket
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
-from services.inference.policy import PolicyManager
-from services.inference.routes import router
 from services.inference.validation import tensor_shapes
 from services.trainer.config import PolicySyncConfig
 from services.trainer.policy_sync import PolicySyncError, build_callback
-from tests.inference.fakes import RecordingEngine
+from tests.inference.fakes import free_port, serve_policy_service
 
 
 @pytest.fixture(scope="module")
@@ -41,52 +36,12 @@ def peft_model(base_model):
     return get_peft_model(model, lora)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _manager(base_model, tmp_path, engine) -> PolicyManager:
-    return PolicyManager(
-        engine,
-        base_model=str(base_model),
-        served_name="policy",
-        update_dir=tmp_path / "service",
-        lora_enabled=True,
-        max_lora_rank=16,
-        keep_adapter_versions=2,
-        pause_mode="wait",
-        base_shapes=tensor_shapes(base_model),
-    )
-
-
-def _serve_on(port: int, base_model, tmp_path, out: dict) -> None:
-    """Our update routes on a real loopback HTTP server, the engine double behind them."""
-    engine = RecordingEngine()
-    manager = _manager(base_model, tmp_path, engine)
-    app = FastAPI()
-    app.state.policy = manager
-    app.include_router(router)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    out.update(server=server, thread=thread, engine=engine, manager=manager)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def service(base_model, tmp_path):
     """Our update routes on a real loopback HTTP server, with the engine double behind them."""
-    port = _free_port()
-    running: dict = {}
-    _serve_on(port, base_model, tmp_path, running)
-    yield SimpleNamespace(
-        url=f"http://127.0.0.1:{port}", engine=running["engine"], manager=running["manager"]
-    )
-    running["server"].should_exit = True
-    running["thread"].join(timeout=10)
+    running = serve_policy_service(free_port(), base_model, tmp_path)
+    yield running
+    running.stop()
 
 
 def step(callback, model, global_step: int) -> None:
@@ -96,7 +51,9 @@ def step(callback, model, global_step: int) -> None:
 
 def test_adapter_upload_every_n_steps_tags_versions_with_the_global_step(service, peft_model):
     callback = build_callback(
-        PolicySyncConfig(enabled=True, base_url=service.url, sync_every_steps=2, mode="adapter")
+        PolicySyncConfig(
+            enabled=True, servers={"endpoints": [service.url]}, sync_every_steps=2, mode="adapter"
+        )
     )
     for global_step in (1, 2, 3, 4):
         step(callback, peft_model, global_step)
@@ -104,15 +61,20 @@ def test_adapter_upload_every_n_steps_tags_versions_with_the_global_step(service
     loads = [call[1] for call in service.engine.calls if call[0] == "load_adapter"]
     assert loads == ["policy-v2", "policy-v4"]  # real PEFT files passed the service's checks
     assert service.manager.status().version == 4 and callback.pushed_version == 4
-    assert callback.last_result.kind == "adapter"
+    assert [r.kind for r in callback.last_result.accepted.values()] == ["adapter"]
 
 
 def test_adapter_through_a_shared_dir_is_pruned_to_the_newest(service, peft_model, tmp_path):
     shared = tmp_path / "shared"
     callback = build_callback(
-        PolicySyncConfig(enabled=True, base_url=service.url, mode="adapter", shared_dir=shared,
-                         keep_versions=2)
-    )  # fmt: skip
+        PolicySyncConfig(
+            enabled=True,
+            servers={"endpoints": [service.url]},
+            mode="adapter",
+            shared_dir=shared,
+            keep_versions=2,
+        )
+    )
     for global_step in (1, 2, 3):
         step(callback, peft_model, global_step)
     assert callback.pusher.transport == "shared_dir"
@@ -122,7 +84,12 @@ def test_adapter_through_a_shared_dir_is_pruned_to_the_newest(service, peft_mode
 
 def test_full_mode_writes_a_merged_checkpoint_the_service_accepts(service, peft_model, tmp_path):
     callback = build_callback(
-        PolicySyncConfig(enabled=True, base_url=service.url, mode="full", shared_dir=tmp_path / "s")
+        PolicySyncConfig(
+            enabled=True,
+            servers={"endpoints": [service.url]},
+            mode="full",
+            shared_dir=tmp_path / "s",
+        )
     )
     step(callback, peft_model, 1)
     reload = [call for call in service.engine.calls if call[0] == "reload_weights"]
@@ -134,7 +101,9 @@ def test_full_mode_writes_a_merged_checkpoint_the_service_accepts(service, peft_
 
 def test_refused_pushes_are_logged_then_stop_training(service, peft_model):
     callback = build_callback(
-        PolicySyncConfig(enabled=True, base_url=service.url, max_consecutive_refusals=2)
+        PolicySyncConfig(
+            enabled=True, servers={"endpoints": [service.url]}, max_consecutive_refusals=2
+        )
     )
     service.engine.refuse = "adapter broken"
     step(callback, peft_model, 1)  # first refusal: logged, training goes on
@@ -148,7 +117,10 @@ def test_unreachable_service_is_a_clear_error(peft_model):
     """Not answering is not refusing: the push waits (up to wait_ready_s), then says why."""
     callback = build_callback(
         PolicySyncConfig(
-            enabled=True, base_url="http://127.0.0.1:9", max_consecutive_refusals=1, wait_ready_s=2
+            enabled=True,
+            servers={"endpoints": ["http://127.0.0.1:9"]},
+            max_consecutive_refusals=1,
+            wait_ready_s=2,
         )
     )
     started = time.monotonic()
@@ -160,30 +132,34 @@ def test_unreachable_service_is_a_clear_error(peft_model):
 
 def test_a_push_waits_for_a_service_that_comes_back(base_model, peft_model, tmp_path):
     """Transport failures are waited out (with back-off), not counted as refusals."""
-    port = _free_port()
+    port = free_port()
     callback = build_callback(
-        PolicySyncConfig(enabled=True, base_url=f"http://127.0.0.1:{port}", wait_ready_s=60)
+        PolicySyncConfig(
+            enabled=True, servers={"endpoints": [f"http://127.0.0.1:{port}"]}, wait_ready_s=60
+        )
     )
-    late = threading.Timer(2.0, lambda: _serve_on(port, base_model, tmp_path, ready))
-    ready: dict = {}
+    ready: list = []
+    late = threading.Timer(
+        2.0, lambda: ready.append(serve_policy_service(port, base_model, tmp_path))
+    )
     late.start()
     try:
         step(callback, peft_model, 1)
     finally:
         late.cancel()
-        if "server" in ready:
-            ready["server"].should_exit = True
+        for service in ready:
+            service.stop()
     assert callback.pushed_version == 1 and callback.refusals == 0
-    assert ready["manager"].status().version == 1
+    assert ready[0].manager.status().version == 1
 
 
 def test_a_resumed_trainer_takes_the_service_back_to_its_own_version(service, peft_model):
     """The crash-loop of a resume: the service serves version 7 (pushed before the crash), the
     trainer resumed from checkpoint 5. At train begin it re-pushes 5 with restart; then 6."""
-    ahead = build_callback(PolicySyncConfig(enabled=True, base_url=service.url))
+    ahead = build_callback(PolicySyncConfig(enabled=True, servers={"endpoints": [service.url]}))
     step(ahead, peft_model, 7)
     assert service.manager.status().version == 7
-    resumed = build_callback(PolicySyncConfig(enabled=True, base_url=service.url))
+    resumed = build_callback(PolicySyncConfig(enabled=True, servers={"endpoints": [service.url]}))
     state = SimpleNamespace(global_step=5, is_world_process_zero=True)
     resumed.on_train_begin(args=None, state=state, control=None, model=peft_model)
     assert service.manager.status().version == 5
@@ -197,7 +173,7 @@ def test_grpo_after_sft_sends_its_starting_policy_the_service_never_loaded(
     """A fresh trainer on a fresh service normally sends nothing at step 0; after the SFT stage
     the starting weights are not the ones the service loaded, so they go first (version 0)."""
     config = PolicySyncConfig(
-        enabled=True, base_url=service.url, mode="full", shared_dir=tmp_path / "s"
+        enabled=True, servers={"endpoints": [service.url]}, mode="full", shared_dir=tmp_path / "s"
     )
     state = SimpleNamespace(global_step=0, is_world_process_zero=True)
     build_callback(config).on_train_begin(args=None, state=state, control=None, model=peft_model)
@@ -215,6 +191,14 @@ def test_grpo_after_sft_sends_its_starting_policy_the_service_never_loaded(
         ({"mode": "full"}, "needs policy_sync.shared_dir"),
         ({"mode": "full", "transport": "upload"}, "too big to upload"),
         ({"mode": "adapter", "transport": "nccl"}, "needs policy_sync.mode 'full'"),
+        (
+            {
+                "mode": "full",
+                "transport": "nccl",
+                "servers": {"endpoints": ["http://a", "http://b"]},
+            },
+            "nccl sends to one replica",
+        ),
         ({"api_key_env": "NO_SUCH_KEY_VAR"}, "NO_SUCH_KEY_VAR is not set"),
         ({"surprise": 1}, "Extra inputs are not permitted"),
     ],

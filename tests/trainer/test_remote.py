@@ -113,7 +113,7 @@ async def test_waiting_for_a_server_that_is_not_up_yet(fake_server):
         await backend.close()
     down = RemoteBackend("http://127.0.0.1:9", wait_ready_s=2)
     try:
-        with pytest.raises(GenerationError, match="not ready after 2 s"):
+        with pytest.raises(GenerationError, match="no generation server ready after 2 s"):
             await down.wait_ready()
     finally:
         await down.close()

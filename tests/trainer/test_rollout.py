@@ -123,7 +123,7 @@ async def test_a_refused_generation_request_stops_instead_of_replaying(env_pods,
     class Refuses:
         calls = 0
 
-        async def generate(self, prompts, params):
+        async def generate(self, prompts, params, episodes=None):
             Refuses.calls += 1
             raise GenerationRequestError("HTTP 400: maximum context length is 512 tokens")
 
@@ -136,7 +136,7 @@ async def test_a_refused_generation_request_stops_instead_of_replaying(env_pods,
     assert Refuses.calls == 1
 
     class Flaky(Refuses):
-        async def generate(self, prompts, params):
+        async def generate(self, prompts, params, episodes=None):
             Refuses.calls += 1
             raise GenerationError("connection refused")
 

@@ -118,7 +118,9 @@ async def test_a_served_model_writes_demonstrations_kept_only_when_they_succeed(
             "model": {"source": str(tiny_chat_model)},
             "tasks": {"train": ["click-test", "click-button"], "max_turns": 2},
             "env": {"discovery": {"endpoints": env_pods}},
-            "generation": {"backend": {"type": "remote", "base_url": url, "model": "policy"}},
+            "generation": {
+                "backend": {"type": "remote", "servers": {"endpoints": [url]}, "model": "policy"}
+            },
             "demos": {
                 "source": source,
                 "episodes_per_task": 2,

@@ -41,9 +41,15 @@
 {{- end }}
 {{- end }}
 {{- if $v.inference.enabled }}
-{{- $url := include "browser-rl.inferenceURL" . -}}
-{{- $backend := dict "type" "remote" "base_url" $url "model" $v.inference.servedModelName -}}
-{{- $sync := dict "enabled" true "base_url" $url "mode" (ternary "adapter" "full" $lora) -}}
+{{- /* Every replica addressed directly (its ready pod in the Service's EndpointSlices): generation
+     spread over them, every policy update sent to each (services/trainer/replicas.py). */ -}}
+{{- $servers := dict
+    "type" "kubernetes"
+    "service" (include "browser-rl.componentName" (dict "root" . "component" "inference"))
+    "namespace" .Release.Namespace
+    "port_name" "http" -}}
+{{- $backend := dict "type" "remote" "servers" $servers "model" $v.inference.servedModelName -}}
+{{- $sync := dict "enabled" true "servers" $servers "mode" (ternary "adapter" "full" $lora) -}}
 {{- if $apiKey }}
 {{- $_ := set $backend "api_key_env" "VLLM_API_KEY" -}}
 {{- $_ := set $sync "api_key_env" "VLLM_API_KEY" -}}

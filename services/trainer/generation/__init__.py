@@ -15,6 +15,7 @@ from typing import Any
 
 from services.common.registry import Registry
 from services.trainer.generation.base import GenerationBackend
+from services.trainer.replicas import ReplicaSet
 
 BACKENDS: Registry[GenerationBackend] = Registry(
     "generation backend",
@@ -29,11 +30,14 @@ BACKENDS: Registry[GenerationBackend] = Registry(
 @dataclass
 class BackendContext:
     """What a backend may need beside its config: the policy's tokenizer, the in-process model
-    (the local backend samples from the weights being trained) and the trainer's version."""
+    (the local backend samples from the weights being trained), the trainer's version and the
+    replicas its policy pushes go to (generation then uses only those at the pushed version)."""
 
     tokenizer: Any
     model: Callable[[], Any] | None = None
     policy_version: Callable[[], int] = lambda: 0
+    replicas: ReplicaSet | None = None
+    """The inference replicas the policy pushes go to, when the remote backend shares them."""
 
 
 def build_backend(config, context: BackendContext) -> GenerationBackend:

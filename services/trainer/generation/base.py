@@ -6,6 +6,7 @@ generator's logprob of each, so the trainer never re-tokenizes decoded text.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -54,10 +55,16 @@ class GenerationRequestError(GenerationError):
 
 @runtime_checkable
 class GenerationBackend(Protocol):
-    """Batched generation; ``generate`` returns one ``Generation`` per prompt, in order."""
+    """Batched generation; ``generate`` returns one ``Generation`` per prompt, in order.
+
+    ``episodes`` names the episode of each prompt (None: unknown); a backend with several
+    servers keeps an episode's turns on one (its prefix cache), the others ignore it."""
 
     async def generate(
-        self, prompts: list[list[int]], params: SamplingParams
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        episodes: list[Hashable] | None = None,
     ) -> list[Generation]: ...
 
     async def close(self) -> None: ...

@@ -122,7 +122,9 @@ class LocalBackend:
             cache_tokens=config.prefix_cache_tokens,
         )
 
-    async def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+    async def generate(
+        self, prompts: list[list[int]], params: SamplingParams, episodes=None
+    ) -> list[Generation]:
         if not prompts:
             return []
         return await asyncio.to_thread(self._generate_sync, prompts, params)

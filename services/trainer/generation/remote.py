@@ -4,7 +4,10 @@ Token in, token out: the prompt is sent as token ids and the sampled token ids c
 as ``choices[].token_ids`` (vLLM's ``return_token_ids``) or, from servers without that field, as
 ``"token_id:<n>"`` strings in ``logprobs.tokens`` (``return_tokens_as_token_ids``). A server that
 returns neither cannot be used for training: the backend fails instead of re-tokenizing text.
-Prompts of one batch go out as concurrent requests; the server batches them itself.
+Prompts of one batch go out as concurrent requests; the server batches them itself. With several
+replicas (``generation.backend.servers``) each request goes to one of them by the rules of
+``services/trainer/replicas.py``: an episode stays on its replica, load goes to the least busy, a
+dead replica's requests are retried elsewhere.
 """
 
 from __future__ import annotations
@@ -13,17 +16,19 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import httpx
 
+from services.protocol.inference import PolicyStatus
 from services.trainer.generation.base import (
     Generation,
     GenerationError,
     GenerationRequestError,
     SamplingParams,
 )
+from services.trainer.replicas import Replica, ReplicaSet, replica_set
 
 #: 4xx answers that are about load or timing, not about the request: worth replaying.
 _TRANSIENT_STATUS = {408, 409, 425, 429}
@@ -33,11 +38,12 @@ log = logging.getLogger(__name__)
 
 
 class RemoteBackend:
-    """``GenerationBackend`` over HTTP; ``model`` may be changed between calls (new adapter)."""
+    """``GenerationBackend`` over HTTP on one server or N replicas of it (``ReplicaSet``: its
+    rules say where each request goes); ``model`` may be changed between calls (new adapter)."""
 
     def __init__(
         self,
-        base_url: str,
+        servers: ReplicaSet | str,
         *,
         model: str | None = None,
         api_key: str | None = None,
@@ -46,21 +52,26 @@ class RemoteBackend:
         policy_version: Callable[[], int] = lambda: 0,
         transport: httpx.AsyncBaseTransport | None = None,
         wait_ready_s: float = 0.0,
+        max_retries: int = 3,
+        owns_servers: bool = False,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.replicas = servers if isinstance(servers, ReplicaSet) else ReplicaSet([servers])
+        self._owns_servers = owns_servers  # close() stops their discovery
         self.model = model
         self.wait_ready_s = wait_ready_s
+        self.max_retries = max_retries
         self._policy_version = policy_version
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers, timeout=timeout_s, transport=transport
-        )
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout_s = timeout_s
+        self._transport = transport
+        self._max_concurrency = max_concurrency
+        self._clients: dict[str, tuple[httpx.AsyncClient, asyncio.Semaphore]] = {}
         self._requests = 0  # completions requested so far: request k samples with seed + k
 
     @classmethod
     def from_config(cls, config, *, context) -> RemoteBackend:
-        """From ``RemoteBackendConfig`` (the key itself comes from ``api_key_env``)."""
+        """From ``RemoteBackendConfig`` (the key itself comes from ``api_key_env``); the
+        replicas are the context's when the trainer shares them with its policy pushes."""
         api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
         if config.api_key_env and not api_key:
             raise GenerationError(
@@ -68,56 +79,83 @@ class RemoteBackend:
                 "needs the Secret key that holds the inference API key)"
             )
         return cls(
-            config.base_url,
+            context.replicas or replica_set(config.servers),
             model=config.model,
             api_key=api_key,
             timeout_s=config.timeout_s,
             max_concurrency=config.max_concurrency,
             policy_version=context.policy_version,
             wait_ready_s=config.wait_ready_s,
+            max_retries=config.max_retries,
+            owns_servers=context.replicas is None,
         )
 
     async def wait_ready(self) -> None:
-        """Wait (with back-off, up to ``wait_ready_s``) until the server lists its models.
+        """Wait (with back-off, up to ``wait_ready_s``) until a replica lists its models.
 
-        The trainer and the inference server start together on a cluster, and vLLM may need
-        minutes (image pull, model download, engine start): generating before it answers would
-        drop whole rollouts. Raises ``GenerationError`` with the last answer when time is up.
+        The trainer and the inference servers start together on a cluster, and vLLM may need
+        minutes (image pull, model download, engine start): generating before one answers would
+        drop whole rollouts. Replicas that do not answer yet are probed again later. Raises
+        ``GenerationError`` with the last answers when time is up.
         """
         deadline = time.monotonic() + self.wait_ready_s
-        delay, last = 1.0, "no answer yet"
+        delay, last = 1.0, "no replica discovered yet"
         while True:
-            try:
-                await self._request("GET", "/v1/models")
-                return
-            except GenerationRequestError:
-                raise  # it answers, and says no (a wrong API key): waiting will not help
-            except GenerationError as exc:
-                last = str(exc)
+            answers = []
+            for replica in self.replicas.all():
+                try:
+                    await self._request(replica.url, "GET", "/v1/models")
+                    self.replicas.served(replica.url, None)
+                    return
+                except GenerationRequestError:
+                    raise  # it answers, and says no (a wrong API key): waiting will not help
+                except GenerationError as exc:
+                    self.replicas.failed(replica.url, str(exc))
+                    answers.append(str(exc))
+            last = "; ".join(answers) or last
             if time.monotonic() + delay > deadline:
                 raise GenerationError(
-                    f"{self.base_url} not ready after {self.wait_ready_s:.0f} s: {last}"
+                    f"no generation server ready after {self.wait_ready_s:.0f} s: {last}"
                 )
-            log.info("waiting for the generation server %s: %s", self.base_url, last)
+            log.info("waiting for a generation server: %s", last)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
-    async def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+    async def generate(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        episodes: list[Hashable] | None = None,
+    ) -> list[Generation]:
         if self.model is None:
             self.model = await self._first_model()
-        return list(await asyncio.gather(*(self._one(p, params) for p in prompts)))
+        keys = episodes or [None] * len(prompts)
+        return list(
+            await asyncio.gather(
+                *(self._one(p, params, k) for p, k in zip(prompts, keys, strict=True))
+            )
+        )
 
     async def close(self) -> None:
-        await self._http.aclose()
+        for client, _ in self._clients.values():
+            await client.aclose()
+        if self._owns_servers:
+            self.replicas.close()
 
     async def _first_model(self) -> str:
-        data = await self._request("GET", "/v1/models")
+        replica = await self._choose(None)
+        try:
+            data = await self._request(replica.url, "GET", "/v1/models")
+        finally:
+            self.replicas.release(replica.url)
         try:
             return data["data"][0]["id"]
         except (KeyError, IndexError, TypeError) as exc:
-            raise GenerationError(f"{self.base_url}/v1/models lists no model: {data!r}") from exc
+            raise GenerationError(f"{replica.url}/v1/models lists no model: {data!r}") from exc
 
-    async def _one(self, prompt: list[int], params: SamplingParams) -> Generation:
+    async def _one(
+        self, prompt: list[int], params: SamplingParams, episode: Hashable
+    ) -> Generation:
         greedy = params.temperature <= 0
         body: dict[str, Any] = {
             "model": self.model,
@@ -136,17 +174,91 @@ class RemoteBackend:
         if params.seed is not None:
             body["seed"] = params.seed + self._requests
         self._requests += 1
-        async with self._slots:
-            data, headers = await self._request(
-                "POST", "/v1/completions", json=body, headers_too=True
-            )
-        return self._parse(data, headers)
+        for attempt in range(self.max_retries + 1):
+            replica = await self._choose(episode)
+            try:
+                async with self._client(replica.url)[1]:
+                    data, headers = await self._request(
+                        replica.url, "POST", "/v1/completions", json=body, headers_too=True
+                    )
+            except GenerationRequestError:
+                raise  # the request itself is wrong: no replica will take it
+            except GenerationError as exc:
+                self.replicas.failed(replica.url, str(exc))
+                if attempt == self.max_retries:
+                    raise
+                self.replicas.retried()
+                log.warning("generation on %s failed, retrying elsewhere: %s", replica.url, exc)
+                continue
+            finally:
+                self.replicas.release(replica.url)
+            generation = self._parse(data, headers)
+            reported = headers.get(POLICY_VERSION_HEADER) is not None or "policy_version" in data
+            if reported:
+                self.replicas.served(replica.url, generation.policy_version)
+            target = self.replicas.target
+            if reported and target is not None and generation.policy_version != target:
+                # A replica that restarted since it was last asked answers with the base model:
+                # that answer is not the pushed policy's, so the request goes elsewhere.
+                if attempt == self.max_retries:
+                    return generation  # recorded with its version: the staleness shows
+                self.replicas.retried()
+                log.warning(
+                    "%s answered with version %d, not %d: retrying elsewhere",
+                    replica.url, generation.policy_version, target,
+                )  # fmt: skip
+                continue
+            return generation
+        raise AssertionError("unreachable")
 
-    async def _request(self, method: str, path: str, *, headers_too: bool = False, **kwargs):
+    async def _choose(self, episode: Hashable) -> Replica:
+        """A current replica (probing down ones whose back-off passed), waiting up to
+        ``wait_ready_s`` for one; ``GenerationError`` saying why none is usable."""
+        deadline = time.monotonic() + self.wait_ready_s
+        while True:
+            for url in self.replicas.due_for_probe():
+                await self._probe(url)
+            if (replica := self.replicas.choose(episode)) is not None:
+                return replica
+            if time.monotonic() >= deadline:
+                raise GenerationError(f"no usable generation server: {self.replicas.describe()}")
+            await asyncio.sleep(0.2)
+
+    async def _probe(self, url: str) -> None:
+        """Is a down replica back, and at which version? (Our service's ``/v1/policy`` when the
+        trainer pushes versions; any server's ``/v1/models`` otherwise.)"""
         try:
-            response = await self._http.request(method, path, **kwargs)
+            if self.replicas.target is None:
+                await self._request(url, "GET", "/v1/models")
+                self.replicas.served(url, None)
+            else:
+                status = PolicyStatus.model_validate(await self._request(url, "GET", "/v1/policy"))
+                self.replicas.served(url, status.version, up=status.ready)
+                behind = status.ready and status.version != self.replicas.target
+                if behind and self.replicas.catch_up is not None:
+                    log.info("replica %s serves version %d: updating it", url, status.version)
+                    await asyncio.to_thread(self.replicas.catch_up, [url])
+        except (GenerationError, ValueError) as exc:
+            self.replicas.failed(url, str(exc))
+
+    def _client(self, url: str) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        if url not in self._clients:
+            client = httpx.AsyncClient(
+                base_url=url,
+                headers=self._headers,
+                timeout=self._timeout_s,
+                transport=self._transport,
+            )
+            self._clients[url] = (client, asyncio.Semaphore(self._max_concurrency))
+        return self._clients[url]
+
+    async def _request(
+        self, url: str, method: str, path: str, *, headers_too: bool = False, **kwargs
+    ):
+        try:
+            response = await self._client(url)[0].request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise GenerationError(f"{method} {self.base_url}{path}: {exc!r}") from exc
+            raise GenerationError(f"{method} {url}{path}: {exc!r}") from exc
         if response.status_code != 200:
             error = (
                 GenerationRequestError
@@ -154,14 +266,11 @@ class RemoteBackend:
                 and response.status_code not in _TRANSIENT_STATUS
                 else GenerationError
             )
-            raise error(
-                f"{method} {self.base_url}{path}: HTTP {response.status_code}: "
-                f"{response.text[:500]}"
-            )
+            raise error(f"{method} {url}{path}: HTTP {response.status_code}: {response.text[:500]}")
         try:
             data = response.json()
         except ValueError as exc:
-            raise GenerationError(f"{method} {self.base_url}{path}: reply is not JSON") from exc
+            raise GenerationError(f"{method} {url}{path}: reply is not JSON") from exc
         return (data, response.headers) if headers_too else data
 
     def _parse(self, data: dict[str, Any], headers: httpx.Headers) -> Generation:

@@ -63,7 +63,9 @@ class ScriptedBackend:
             return f"click('{buttons[-1]}')"
         return f"click('{textbox.group(1)}')" if textbox else "noop()"
 
-    async def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+    async def generate(
+        self, prompts: list[list[int]], params: SamplingParams, episodes=None
+    ) -> list[Generation]:
         self.calls.append(prompts)
         out = []
         for ids in prompts:
