@@ -265,3 +265,67 @@ def test_a_replica_restarted_mid_rollout_is_updated_before_its_answers_count(
     assert two_replicas[1].manager.status().version == 1  # updated by generation's probe
     models = [body["model"] for body in two_replicas[1].completions]  # as the middleware routed
     assert models[0] == "policy" and models[-1].startswith("policy-v1")  # base first, then v1
+
+
+@pytest.mark.chromium
+def test_training_on_two_replicas_loses_no_episode_and_no_step_when_one_dies(
+    env_pods, tiny_chat_model, tmp_path
+):
+    """GRPO with LoRA over real env pods, generating on two replicas and pushing each adapter to
+    both; after step 1 one replica dies. Steps 2 and 3 play all their episodes on the other."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from services.trainer.config import load_config
+    from services.trainer.grpo import build_training, run_training
+
+    services = [serve_policy_service(free_port(), tiny_chat_model, tmp_path) for _ in range(2)]
+    servers = {"endpoints": [s.url for s in services]}
+    cfg = load_config(
+        {
+            "run": {"output_dir": str(tmp_path / "run")},
+            "model": {"source": str(tiny_chat_model)},
+            "tasks": {"train": ["click-test"], "max_turns": 2},
+            "env": {"discovery": {"endpoints": ["http://unused:1"]}, "sessions_per_endpoint": 4},
+            "generation": {
+                "backend": {"type": "remote", "servers": servers, "model": "policy"},
+                "max_new_tokens": 6,
+                "batch_wait_ms": 100,
+            },
+            "lora": {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj"]},
+            "grpo": {"max_steps": 3, "prompts_per_step": 2, "num_generations": 2},
+            "policy_sync": {"enabled": True, "servers": servers, "wait_ready_s": 30},
+            "checkpoint": {"save_steps": 100},
+            "metrics": {"port": None},
+        }
+    )
+
+    class KillAfterStep1(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                services[1].stop()
+
+    training = build_training(
+        cfg,
+        env_pods,
+        model=AutoModelForCausalLM.from_pretrained(tiny_chat_model),
+        tokenizer=AutoTokenizer.from_pretrained(tiny_chat_model),
+    )
+    training.trainer.add_callback(KillAfterStep1())
+    try:
+        final = run_training(training, cfg)
+    finally:
+        training.close()
+        for service in services:
+            service.stop()
+    assert training.trainer.state.global_step == 3 and final is not None
+    records = [json.loads(line) for line in (tmp_path / "run" / "episodes.jsonl").open()]
+    assert [r["step"] for r in records] == [1] * 4 + [2] * 4 + [3] * 4
+    assert all(r["outcome"] != "dropped" for r in records)
+    # Every step's episodes ran on the version pushed after the step before it.
+    versions = {s: {v for r in records if r["step"] == s for v in r["policy_versions"]}
+                for s in (1, 2, 3)}  # fmt: skip
+    assert versions == {1: {0}, 2: {1}, 3: {2}}
+    assert services[0].manager.status().version == 3
+    assert services[1].completions and len(services[0].completions) > len(services[1].completions)
