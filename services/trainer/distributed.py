@@ -13,6 +13,8 @@ of the single-process entry with ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` set
 - **A GRPO step:** TRL calls ``rollout_func`` on every rank with that rank's slice of the step's
   prompts; ``rollout_func.ShardedRollout`` gathers the slices on rank 0, plays them, and sends
   each rank the episodes of its own slice (what TRL's vLLM server mode does with generation).
+- **Replay:** rank 0 holds the buffer and draws; every rank gets the draw and trains on its
+  micro-batches' share (``replay.ReplayTerm``).
 
 The process group is started here, before TRL builds its accelerator (which then reuses it), so
 its timeout is ``run.distributed_timeout_s``: the other ranks wait inside collectives while rank
@@ -79,11 +81,6 @@ def check(cfg: TrainerConfig, world: World) -> None:
     """What a config cannot do on this many processes, said before anything starts."""
     if not world.distributed:
         return
-    if cfg.replay.enabled and cfg.grpo.max_steps > 0:
-        raise ValueError(
-            "replay.enabled with several trainer processes is not supported yet (the replay "
-            "term's extra passes would have to run on every rank alike): set replay.enabled=false"
-        )
     grpo_accumulation(cfg, world)
     if cfg.sft.enabled:
         sft_accumulation(cfg, world)

@@ -139,7 +139,10 @@ def replay_buffer(cfg: TrainerConfig, prompts) -> ReplayBuffer:
     return buffer
 
 
-def replay_term(cfg: TrainerConfig, buffer: ReplayBuffer, trainer) -> ReplayTerm:
+def replay_term(
+    cfg: TrainerConfig, buffer: ReplayBuffer | None, trainer, world: World = SINGLE
+) -> ReplayTerm:
+    """The replay loss term (``buffer``: rank 0's; None on the other ranks)."""
     g = cfg.grpo
     return ReplayTerm(
         buffer,
@@ -148,6 +151,7 @@ def replay_term(cfg: TrainerConfig, buffer: ReplayBuffer, trainer) -> ReplayTerm
         micro_batches=g.micro_batches_per_step,
         seed=cfg.run.seed,
         report=lambda figures: log_step_metrics(trainer, figures),
+        world=world,
     )
 
 
@@ -225,8 +229,8 @@ def build_training(
         rollout_func.close()
         raise
     trainer_ref.append(trainer)
-    if buffer is not None:
-        trainer.replay_term = replay_term(cfg, buffer, trainer)
+    if cfg.replay.enabled:
+        trainer.replay_term = replay_term(cfg, buffer, trainer, world)
     trainer.add_callback(
         PhaseReference(
             trainer, cfg.grpo.phase_steps, on_phase_start=[buffer.rescore] if buffer else []

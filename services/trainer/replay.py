@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 
 from services.protocol.trajectory import Trajectory
+from services.trainer import distributed
+from services.trainer.distributed import SINGLE, World
 from services.trainer.prompts import PromptBuilder
 from services.trainer.sft import IGNORE, tokens_of
 from services.trainer.trajectories import SHARD_PATTERN, TrajectoryWriter, read_trajectories
@@ -133,19 +135,29 @@ class ReplayBuffer:
 
 
 class ReplayTerm:
-    """The step's replayed samples, spread over its micro-batches, and their loss term."""
+    """The step's replayed samples, spread over its micro-batches, and their loss term.
+
+    Under several trainer processes the buffer lives on rank 0 (it gets the episodes); each step
+    rank 0 draws, every rank receives the draw, and each rank takes the chunks of its own
+    micro-batches. Data parallelism averages the ranks' gradients, so each rank's share is
+    weighted by the number of ranks: the step's term is the one process's term.
+    """
 
     def __init__(
         self,
-        buffer: ReplayBuffer,
+        buffer: ReplayBuffer | None,
         *,
         coef: float,
         per_step: int,
         micro_batches: int,
         seed: int,
         report: Callable[[dict[str, float]], None] = lambda figures: None,
+        world: World = SINGLE,
     ) -> None:
+        if (buffer is not None) != world.main:
+            raise ValueError("ReplayTerm: rank 0, and only rank 0, holds the buffer")
         self.buffer = buffer
+        self.world = world
         self.report = report
         self.coef = coef
         self.per_step = per_step
@@ -154,11 +166,13 @@ class ReplayTerm:
         self._step: int | None = None
         self._chunks: list[list[Sample]] = []
         self._tokens = 0
+        self._own_tokens = 0
         self.last_nll = 0.0
         self.last_count = 0
 
     def draw(self, step: int) -> list[Sample]:
         """The samples replayed at ``step`` (seeded by the step: a resumed run draws the same)."""
+        assert self.buffer is not None, "only rank 0 draws"
         pool = self.buffer.pool
         count = min(len(pool), self.per_step)
         return random.Random(self.seed * 1_000_003 + step).sample(pool, count)
@@ -175,12 +189,15 @@ class ReplayTerm:
             return None
         chunk = self._chunks.pop()
         nll = -torch.cat([action_logprobs(model, s) for s in chunk]).sum()
-        self.last_nll += nll.item() / self._tokens
+        self.last_nll += nll.item() / self._own_tokens
         if not self._chunks:
             self._report()
-        return self.coef * nll / self._tokens
+        return self.coef * self.world.size * nll / self._tokens
 
     def _report(self) -> None:
+        """The step's figures (under several processes: rank 0's, its share for the NLL)."""
+        if self.buffer is None:
+            return
         self.report(
             {
                 "replay_samples": self.last_count,
@@ -190,10 +207,17 @@ class ReplayTerm:
         )
 
     def _start(self, step: int) -> None:
-        drawn = self.draw(step)
+        """Draw (rank 0), share the draw, cut it into one chunk per micro-batch of the step and
+        keep this rank's (every rank is at its step's first micro-batch here)."""
+        drawn = distributed.broadcast(
+            self.draw(step) if self.buffer is not None else None, self.world
+        )
         self._step = step
         self._tokens = max(1, sum(len(s.targets) for s in drawn))
         size = math.ceil(len(drawn) / self.micro_batches) if drawn else 0
-        self._chunks = [drawn[i : i + size] for i in range(0, len(drawn), size)] if size else []
+        chunks = [drawn[i : i + size] for i in range(0, len(drawn), size)] if size else []
+        own = self.micro_batches // self.world.size
+        self._chunks = chunks[self.world.rank * own : (self.world.rank + 1) * own]
+        self._own_tokens = max(1, sum(len(s.targets) for c in self._chunks for s in c))
         self.last_count = len(drawn)
         self.last_nll = 0.0

@@ -46,7 +46,6 @@ def test_global_sizes_split_evenly_or_say_how_to_fix_them():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"replay": {"enabled": True}}, r"replay\.enabled with several trainer processes"),
         ({"grpo": {"micro_batch_size": 4}}, r"grpo micro-batches per step .* = 2 .* over 4"),
         (
             {"sft": {"enabled": True, "gradient_accumulation_steps": 2}},
@@ -153,7 +152,8 @@ def _run(tmp_path: Path, model: Path, processes: int, *overrides: str, name: str
             "beta": 0.0,
         },
         "lora": {"enabled": True, "r": 4, "alpha": 8},
-        "replay": {"enabled": False},
+        # every kept success replayed (a band of all probabilities), weighted so it counts
+        "replay": {"enabled": True, "min_prob": 1e-6, "max_prob": 1.0, "coef": 1.0},
         "metrics": {"port": _free_port()},  # a second server on it would fail the run
         "eval": {"after_training": False},
     }
@@ -202,6 +202,10 @@ def test_two_processes_train_the_same_steps_as_one(tmp_path, tiny_chat_model):
     episodes = _episodes(one)
     assert episodes == _episodes(two) and len(episodes) == 2 * 8
     assert {reward for *_, reward in episodes} == {0.0, 1.0}  # something to learn from
+
+    # Rank 0 drew the replayed successes; every rank trained on its micro-batches' share.
+    replayed = [r["replay_samples"] for r in _metrics(one, "grpo")]
+    assert replayed == [r["replay_samples"] for r in _metrics(two, "grpo")] and min(replayed) > 0
 
     # The same first-step losses, SFT and GRPO, and the same weights after both stages.
     for stage in ("sft", "grpo"):
