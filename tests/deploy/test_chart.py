@@ -404,6 +404,8 @@ BAD_VALUES = [
     ),
     ({"inference": {"replicas": 0}}, "/inference/replicas"),
     ({"inference": {"replicas": 3}}, "/inference/modelCache"),  # RWX (or a given claim) needed
+    ({"inference": {"autoscaling": {"enabled": True}}}, "/inference/modelCache"),
+    ({"inference": {"autoscaling": {"metric": ""}}}, "/inference/autoscaling/metric"),
     (
         {
             "inference": {
@@ -750,3 +752,21 @@ def test_three_inference_replicas_are_each_addressed_updated_and_spread_over_nod
     assert "affinity" not in pod_spec(single)
     assert not [o for o in objects(rendered["default"], "PodDisruptionBudget")
                 if o["metadata"]["name"].endswith("inference")]  # fmt: skip
+
+
+def test_inference_replicas_can_follow_vllms_request_queue():
+    rwx = {"accessMode": "ReadWriteMany", "storageClassName": "nfs-rwx"}
+    autoscaling = {"enabled": True, "minReplicas": 2, "maxReplicas": 6, "targetAverageValue": 4}
+    r = render({"inference": {"autoscaling": autoscaling, "modelCache": rwx}})
+    hpa = one(r, "HorizontalPodAutoscaler", "inference")
+    deployment = one(r, "Deployment", "inference")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] == "vllm_num_requests_waiting"
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "4"}
+    assert "replicas" not in deployment["spec"]  # the autoscaler owns the count
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert one(r, "PodDisruptionBudget", "inference")["spec"]["maxUnavailable"] == 1
+    with pytest.raises(Exception, match="minReplicas must not exceed"):
+        render({"inference": {"autoscaling": {**autoscaling, "minReplicas": 7}, "modelCache": rwx}})
