@@ -106,7 +106,7 @@ $(VLLM_STAMP): constraints-vllm.txt
 	$(VLLM_PY) -c "import vllm, sys; print('vllm', vllm.__version__, 'on', sys.version.split()[0])"
 	touch $(VLLM_STAMP)
 
-test-vllm: setup setup-vllm ## real vLLM CPU server: tiny LFM2 + Gemma-3-270M, HF parity, adapter/full updates (tests -m vllm)
+test-vllm: setup setup-vllm ## real vLLM CPU server: tiny LFM2 + Gemma-3-270M, HF parity, adapter/full updates, two replicas (tests -m vllm)
 	$(PY) -m pytest tests/inference -m vllm -q -ra
 
 serve-inference: setup setup-vllm ## run the vLLM service locally in the foreground (inference_config=..., default: local_cpu_lora on :8100)
