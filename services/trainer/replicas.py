@@ -59,10 +59,6 @@ class Replica:
     """Why it is down or behind, for logs and errors."""
 
 
-class NoReplicaError(RuntimeError):
-    """No replica is current (all down or behind) for longer than the caller would wait."""
-
-
 @dataclass
 class ReplicaSet:
     """The known replicas, their versions and load; the version the trainer last pushed."""
@@ -150,14 +146,6 @@ class ReplicaSet:
             for replica in due:
                 replica.retry_at = now + self.probe_after_s  # one probe at a time per replica
             return [r.url for r in due]
-
-    async def wait_current(self, timeout_s: float) -> None:
-        """Return once some replica is current; ``NoReplicaError`` after ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while not any(self._current(r) for r in self.all()):
-            if time.monotonic() > deadline:
-                raise NoReplicaError(f"no inference replica is usable: {self.describe()}")
-            await asyncio.sleep(0.2)
 
     # --- the control plane ----------------------------------------------------------------------
 
