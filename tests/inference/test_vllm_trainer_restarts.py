@@ -104,7 +104,7 @@ def test_a_trainer_started_before_the_server_waits_for_it_then_trains(env_pod, t
     try:
         time.sleep(15)  # the trainer is up and waiting; nothing listens on the port yet
         assert trainer.poll() is None, log.read_text()[-3000:]
-        assert "waiting for the generation server" in log.read_text()
+        assert "waiting for a generation server" in log.read_text()
         with serve(
             tiny_lfm2, tmp_path / "service", port=port, max_model_len=MAX_MODEL_LEN
         ) as server:
