@@ -36,7 +36,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 #: Episodes whose replica is remembered (least recently used beyond this are forgotten).
 STICKY_EPISODES = 4096
@@ -63,7 +63,8 @@ class Replica:
 class ReplicaSet:
     """The known replicas, their versions and load; the version the trainer last pushed."""
 
-    urls: Iterable[str] = ()
+    urls: InitVar[Iterable[str]] = ()
+    """The first replicas (``set_urls`` replaces them later: not kept as a field to go stale)."""
     probe_after_s: float = 5.0
     target: int | None = None
     """The version every replica should serve (None: nothing pushed, any version will do)."""
@@ -78,8 +79,8 @@ class ReplicaSet:
     _sticky: OrderedDict[Hashable, str] = field(default_factory=OrderedDict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self.set_urls(self.urls)
+    def __post_init__(self, urls: Iterable[str]) -> None:
+        self.set_urls(urls)
 
     # --- membership (discovery) -----------------------------------------------------------------
 
