@@ -34,6 +34,7 @@ async def test_set_endpoints_adds_new_pods_and_drains_removed_ones(env_pods):
         obs = await running.step("click('13')")  # the running episode finishes where it is
         assert obs.done and obs.reward == 1.0
     assert pool.active_sessions() == {second: 0}  # drained and gone once its session ended
+    await pool.aclose()  # idle sessions left open would fill the shared pods for later tests
 
 
 async def test_sessions_are_reused_and_a_reaped_one_is_replaced(env_pods):
@@ -73,7 +74,10 @@ async def test_a_full_pod_sends_episodes_elsewhere_and_counts_it(env_pods, tiny_
         max_turns=3,
         observer=observer,
     )
-    episodes = await engine.run([EpisodeRequest("click-test", seed=s) for s in range(6)])
+    try:
+        episodes = await engine.run([EpisodeRequest("click-test", seed=s) for s in range(6)])
+    finally:
+        await pool.aclose()  # its idle sessions would keep the shared pod full
     assert all(e.success for e in episodes)  # capacity never became a failure
     assert "capacity" in observer.retries
     assert set(observer.retries) == {"capacity"}
