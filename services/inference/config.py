@@ -73,7 +73,13 @@ class InferenceConfig(BaseModel):
         ),
     )
     keep_adapter_versions: int = Field(
-        default=2, ge=1, description="Adapter folders kept on disk (the newest ones)."
+        default=2,
+        ge=1,
+        description=(
+            "Adapter versions kept loaded (each answers to its exact name) and on disk, the "
+            "newest ones. A trainer with rollout.max_staleness k pins episodes to the version "
+            "they started on: keep at least k + 1, and max_loras at least k + 2."
+        ),
     )
     pause_mode: Literal["wait", "abort"] = Field(
         default="wait",
@@ -163,6 +169,10 @@ class InferenceConfig(BaseModel):
             if self.enable_prefix_caching
             else "--no-enable-prefix-caching",
         ]
+        # Log-probs of the distribution actually sampled (temperature and top-p applied), as
+        # the trainer scores tokens: the behaviour log-probs its off-policy correction needs.
+        # Greedy requests get the raw ones, which are the same.
+        args += ["--logprobs-mode", "processed_logprobs"]
         # Our version pinning, through vLLM's supported middleware hook.
         args += ["--middleware", "services.inference.routes.PolicyVersionMiddleware"]
         args += ["--worker-extension-cls", "services.inference.worker.PolicyWorkerExtension"]

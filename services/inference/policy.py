@@ -7,6 +7,7 @@ client behind a thin adapter in ``server.py``) and guarantees:
 - every generation runs entirely on one version: full updates wait for (or abort) running
   generations through ``GenerationGate`` and vLLM's pause, and hold new ones until the swap is done;
 - each adapter version lives in a new folder under a new name (vLLM's prefix cache keys on both);
+  the newest ``keep_adapter_versions`` stay loaded and answer to their exact name;
 - the prefix cache is reset after a full reload (it does not key on weights);
 - a full update that fails after it started writing weights marks the server failed: not ready,
   ``/health`` 503, so the orchestrator replaces it instead of serving mixed weights.
@@ -239,12 +240,10 @@ class PolicyManager:
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
-            previous = self.served.adapter
             self.served = ServedVersion(version, UpdateKind.ADAPTER, name, str(folder))
             self._adapter_versions[name] = version
             metrics.POLICY_VERSION.set(version)
-            if previous is not None:
-                await self._retire_adapter(previous)
+            await self._retire_adapters()
             log.info("serving adapter %s from %s", name, folder)
             return PolicyUpdateResult(
                 version=version,
@@ -278,13 +277,17 @@ class PolicyManager:
                 )
             (folder / name).write_bytes(content)
 
-    async def _retire_adapter(self, name: str) -> None:
-        """Hide the old name and delete folders beyond the newest ``keep`` versions."""
-        try:
-            await self.engine.unload_adapter(name)
-        except EngineRefused as error:
-            log.warning("could not unload adapter %s: %s", name, error)
-        self._adapter_versions.pop(name, None)
+    async def _retire_adapters(self) -> None:
+        """Unload the names and delete the folders beyond the newest ``keep`` versions. The
+        ones kept still answer to their exact name: a trainer running rollouts ahead of its
+        update pins an episode to the version it started on."""
+        names = list(self._adapter_versions)  # in load order
+        for name in names[: -self._keep]:
+            try:
+                await self.engine.unload_adapter(name)
+            except EngineRefused as error:
+                log.warning("could not unload adapter %s: %s", name, error)
+            del self._adapter_versions[name]
         folders = sorted(
             (p for p in self._adapters_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime
         )

@@ -68,6 +68,8 @@ class RecordingEngine:
         self.fail_reload: str | None = None
         self.reload_started = asyncio.Event()
         self.reload_release: asyncio.Event | None = None
+        self.loaded: set[str] = set()
+        """Adapter names vLLM would know (loaded, not unloaded)."""
 
     async def load_adapter(self, name: str, path: str) -> None:
         from services.inference.policy import EngineRefused
@@ -75,9 +77,11 @@ class RecordingEngine:
         self.calls.append(("load_adapter", name, path))
         if self.refuse:
             raise EngineRefused(self.refuse)
+        self.loaded.add(name)
 
     async def unload_adapter(self, name: str) -> None:
         self.calls.append(("unload_adapter", name))
+        self.loaded.discard(name)
 
     async def pause(self, mode: str) -> None:
         self.calls.append(("pause", mode))
@@ -125,7 +129,7 @@ def free_port() -> int:
 class PolicyService:
     """Our inference routes and version middleware on a real loopback HTTP server, the engine
     double behind them, and an echo ``/v1/completions`` in place of vLLM's (the completion is
-    the prompt's last ids + 1)."""
+    the prompt's last ids + 1, under the model name asked for; an unknown name gets vLLM's 404)."""
 
     url: str
     engine: RecordingEngine
@@ -173,10 +177,15 @@ def serve_policy_service(port: int, base_model: Path, folder: Path) -> PolicySer
     async def completions(request: Request) -> JSONResponse:
         body = await request.json()
         seen.append(body)
+        model = body.get("model")
+        if model not in {None, "policy", *engine.loaded}:
+            error = {"message": f"The model `{model}` does not exist.", "code": 404}
+            return JSONResponse({"error": error}, status_code=404)
         ids = [i + 1 for i in body["prompt"][-3:]]
         choice = {"index": 0, "text": "click('13')", "finish_reason": "stop", "token_ids": ids}
         choice["logprobs"] = {"tokens": ["a"] * len(ids), "token_logprobs": [-0.1] * len(ids)}
-        return JSONResponse({"id": "x", "object": "text_completion", "choices": [choice]})
+        reply = {"id": "x", "object": "text_completion", "model": model, "choices": [choice]}
+        return JSONResponse(reply)
 
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)

@@ -25,6 +25,7 @@ def test_vllm_arguments_cover_every_setting():
     assert pairs["--model"] == "/m" and pairs["--served-model-name"] == "policy"
     assert "--enable-lora" in args and args[args.index("--max-lora-rank") + 1] == "16"
     assert "--enable-prefix-caching" in args and "--enforce-eager" in args
+    assert args[args.index("--logprobs-mode") + 1] == "processed_logprobs"
     assert args[args.index("--middleware") + 1].endswith("routes.PolicyVersionMiddleware")
     assert "--api-key" not in args  # the key travels by environment, never on the command line
     assert InferenceConfig(model="/m", enable_lora=False).vllm_args().count("--enable-lora") == 0

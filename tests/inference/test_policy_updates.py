@@ -88,10 +88,13 @@ async def test_each_version_gets_a_new_name_and_folder_and_old_ones_retire(tmp_p
     assert len(set(paths)) == 3
     loads = [call for call in engine.calls if call[0] == "load_adapter"]
     assert [name for _, name, _ in loads] == ["policy-v1", "policy-v2", "policy-v3"]
+    # The newest two (keep_adapter_versions) stay loaded: an episode pinned to v2 goes on.
     assert ("unload_adapter", "policy-v1") in engine.calls
-    assert ("unload_adapter", "policy-v2") in engine.calls
+    assert ("unload_adapter", "policy-v2") not in engine.calls
     kept = sorted(p.name for p in (tmp_path / "service" / "adapters").iterdir())
     assert len(kept) == 2 and kept[-1].startswith("policy-v3")
+    reply = await client.post("/v1/completions", json={"model": "policy-v2", "prompt": [1]})
+    assert reply.headers["x-policy-version"] == "2" and reply.json()["model"] == "policy-v2"
     reply = await client.post("/v1/completions", json={"model": "policy-v1", "prompt": [1]})
     assert "x-policy-version" not in reply.headers  # retired name: vLLM answers for it
 
