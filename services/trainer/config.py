@@ -425,6 +425,30 @@ class GenerationConfig(_Section):
     )
 
 
+class RolloutConfig(_Section):
+    """Rollouts that overlap the update (``rollout_func.py``): bounded staleness, corrected."""
+
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description=(
+            "Rollouts generated ahead of the update: the episodes a step trains on were started "
+            "up to this many policy versions earlier, while earlier steps updated and pushed "
+            "(0: synchronous, every step waits for its own rollout). Needs a remote or scripted "
+            "backend: the local one samples from the model being updated."
+        ),
+    )
+    correction: Literal["behaviour", "none"] = Field(
+        "behaviour",
+        description=(
+            "Off-policy correction of tokens sampled by an older version: 'behaviour' centres "
+            "the PPO clip on the log-prob the sampler returned (ratio pi/mu, clipped), on-policy "
+            "tokens and tokens without a log-prob keep ratio 1; 'none' trains them as on-policy."
+        ),
+    )
+
+
 # --- reward sources (services/trainer/rewards.py: REWARDS) ----------------------------------------
 
 
@@ -788,6 +812,9 @@ class TrainerConfig(_Section):
     generation: GenerationConfig = Field(
         default_factory=GenerationConfig, description="Rollout generation."
     )
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig, description="Overlap of rollouts and updates."
+    )
     rewards: list[RewardConfig] = Field(
         default_factory=lambda: [TaskRewardConfig()],
         min_length=1,
@@ -847,6 +874,12 @@ class TrainerConfig(_Section):
                 f"env.local.pod.action_subsets {pod.action_subsets} differs from "
                 f"prompt.action_subsets {self.prompt.action_subsets}: the prompt would offer "
                 "actions the pods reject (or hide ones they accept)"
+            )
+        if self.rollout.max_staleness and self.generation.backend.type == "local":
+            raise ValueError(
+                "rollout.max_staleness > 0 with generation.backend.type local: the local backend "
+                "samples from the model being updated, so it cannot run ahead of the update; use "
+                "the remote (vLLM) backend, or max_staleness 0"
             )
         if self.model.dtype != "float32" and self.use_cpu:
             raise ValueError("model.dtype must be float32 with use_cpu (bf16 training on CPU)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -67,6 +68,9 @@ class _Endpoint:
     consecutive_failures: int = 0
 
 
+_EPISODE_IDS = itertools.count()
+
+
 @dataclass
 class EnvSession:
     """One episode's session on one pod; ``step`` maps env errors to ``EnvInfraError``."""
@@ -75,6 +79,9 @@ class EnvSession:
     client: BrowserEnvClient
     observation: BrowserObservation
     _closed: bool = field(default=False, repr=False)
+    episode_id: int = field(default_factory=lambda: next(_EPISODE_IDS), init=False)
+    """Unique in this process (unlike ``id()`` of a finished session): generation keys the
+    episode's replica and pinned policy version on it."""
 
     async def step(self, action: str) -> BrowserObservation:
         self.observation = await self._call(self.client.step(action))

@@ -229,6 +229,7 @@ def build_training(
         rollout_func.close()
         raise
     trainer_ref.append(trainer)
+    trainer.correct_off_policy = cfg.rollout.correction == "behaviour"
     if cfg.replay.enabled:
         trainer.replay_term = replay_term(cfg, buffer, trainer, world)
     trainer.add_callback(
@@ -282,7 +283,7 @@ def shared_replicas(cfg: TrainerConfig) -> ReplicaSet | None:
         and backend.type == "remote"
         and backend.servers == cfg.policy_sync.servers
     ):
-        return replica_set(backend.servers)
+        return replica_set(backend.servers, max_lag=cfg.rollout.max_staleness)
     return None
 
 
@@ -304,6 +305,7 @@ def _browser_rollout(
         model=lambda: trainer_ref[0].accelerator.unwrap_model(trainer_ref[0].model),
         policy_version=lambda: trainer_ref[0].state.global_step if trainer_ref else 0,
         replicas=replicas,
+        pin_episodes=cfg.rollout.max_staleness > 0,
     )
     if replicas is not None:
         metrics.watch_replicas(replicas)

@@ -6,6 +6,8 @@ Series live in their own registry so tests and several trainers in one process n
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -19,6 +21,9 @@ from prometheus_client.registry import Collector
 
 from services.trainer.replicas import ReplicaSet
 from services.trainer.rollout import Episode, RolloutObserver
+
+if TYPE_CHECKING:  # progress.py imports this module
+    from services.trainer.progress import StepStats
 
 STAGES = ("demos", "sft", "grpo", "eval")
 
@@ -95,7 +100,8 @@ class TrainerMetrics(RolloutObserver):
         self.grad_norm = Gauge("trainer_grad_norm", "Gradient norm of the last step.", registry=r)
         self.step_seconds = Histogram(
             "trainer_step_seconds",
-            "Seconds per step phase (rollout | update).",
+            "Seconds per step phase: rollout (its own length), rollout_wait (the trainer "
+            "blocked on it), generation_idle (no rollout in flight before it), update.",
             ["phase"],
             buckets=(0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200),
             registry=r,
@@ -144,8 +150,6 @@ class TrainerMetrics(RolloutObserver):
             return
         self.episode_turns.observe(episode.turns)
         self.generated_tokens.inc(episode.generated_tokens)
-        for version in episode.policy_versions:
-            self.policy_staleness.observe(max(0, self._current_version - version))
 
     # --- per step ---------------------------------------------------------------------------
 
@@ -157,9 +161,15 @@ class TrainerMetrics(RolloutObserver):
         self._current_version = version
         self.policy_version.set(version)
 
-    def rollout_done(self, episodes: list[Episode], seconds: float) -> None:
+    def rollout_done(self, episodes: list[Episode], stats: StepStats) -> None:
         played = [e for e in episodes if not e.dropped]
+        seconds = stats.seconds
         self.step_seconds.labels("rollout").observe(seconds)
+        self.step_seconds.labels("rollout_wait").observe(stats.wait_seconds)
+        self.step_seconds.labels("generation_idle").observe(stats.idle_seconds)
+        # Against the version these episodes train (played ahead, they finished a step earlier).
+        for version in (v for e in played for v in e.policy_versions):
+            self.policy_staleness.observe(max(0, self._current_version - version))
         if seconds > 0:
             self.episodes_per_second.set(len(played) / seconds)
             self.tokens_per_second.set(sum(e.generated_tokens for e in played) / seconds)

@@ -38,13 +38,25 @@ class StepStats:
     invalid_rate: float = 0.0
     infra_retries: int = 0
     seconds: float = 0.0
+    """From the rollout's start to its last episode."""
+    wait_seconds: float = 0.0
+    """How long the trainer waited for it (less than ``seconds`` when it was played ahead)."""
+    idle_seconds: float = 0.0
+    """How long generation had no rollout to play before this one started (the update and the
+    policy push, when nothing runs ahead)."""
     episodes_per_second: float = 0.0
     tokens_per_second: float = 0.0
     by_task: dict[str, tuple[int, int]] = field(default_factory=dict)
     """task -> (successes, played episodes), in first-seen order."""
 
     @classmethod
-    def of(cls, episodes: Sequence[Episode], seconds: float) -> StepStats:
+    def of(
+        cls,
+        episodes: Sequence[Episode],
+        seconds: float,
+        wait_seconds: float | None = None,
+        idle_seconds: float = 0.0,
+    ) -> StepStats:
         played = [e for e in episodes if not e.dropped]
         n = max(len(played), 1)
         actions = sum(len(e.actions) for e in played)
@@ -61,6 +73,8 @@ class StepStats:
             invalid_rate=sum(e.invalid_actions for e in played) / max(actions, 1),
             infra_retries=sum(e.infra_retries for e in episodes),
             seconds=seconds,
+            wait_seconds=seconds if wait_seconds is None else wait_seconds,
+            idle_seconds=idle_seconds,
             episodes_per_second=len(played) / seconds if seconds > 0 else 0.0,
             tokens_per_second=sum(e.generated_tokens for e in played) / seconds
             if seconds > 0
@@ -81,6 +95,8 @@ class StepStats:
             "rollout/dropped": self.dropped,
             "rollout/infra_retries": self.infra_retries,
             "rollout/seconds": self.seconds,
+            "rollout/wait_seconds": self.wait_seconds,
+            "rollout/generation_idle_seconds": self.idle_seconds,
             "rollout/episodes_per_second": self.episodes_per_second,
             "rollout/tokens_per_second": self.tokens_per_second,
             **{f"success/{task}": wins / n for task, (wins, n) in self.by_task.items()},
@@ -124,7 +140,7 @@ class StepLine(ProgressCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         total = time.perf_counter() - self._step_start
-        self.update_seconds = max(total - self._last_rollout().seconds, 0.0)
+        self.update_seconds = max(total - self._last_rollout().wait_seconds, 0.0)
         self.metrics.update_done(state.global_step, self.update_seconds, {})
         if self.report is not None:
             self.report({"update/seconds": self.update_seconds})
@@ -167,7 +183,9 @@ class StepLine(ProgressCallback):
             f"reward {s.reward_mean:.2f} | "
             f"success {s.success_rate:.2f} | turns {s.turns_mean:.1f} | "
             f"invalid {s.invalid_rate:.2f} | rollout {s.seconds:.1f}s "
-            f"({s.episodes_per_second:.2f} ep/s) | update {self.update_seconds:.1f}s | "
+            f"({s.episodes_per_second:.2f} ep/s"
+            + (f", waited {s.wait_seconds:.1f}s" if s.wait_seconds < s.seconds - 0.05 else "")
+            + f") | update {self.update_seconds:.1f}s | "
             f"loss {logs.get('loss', 0.0):.4f} | kl {logs.get('kl', 0.0):.4f}"
             + (
                 f" | replay {logs['replay_samples']:.0f} of {logs.get('replay_pool', 0):.0f} "

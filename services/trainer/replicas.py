@@ -23,6 +23,11 @@ The rules (each tested in tests/trainer/test_replicas.py):
   the current version again before the next rollout and at every push. The update counts as
   done when at least one replica serves it; when none does it is a refusal (every replica said
   no) or an outage (waited for, as with one server).
+- **Answers across an update.** With rollouts overlapping the update (``rollout.max_staleness``
+  k > 0) a request may be answered after a push by the version it started on: an answer up to k
+  versions behind the pushed one is used (its version is recorded per sample and corrected for
+  in the update) and does not mark its replica behind; an older one is a restarted replica's and
+  goes elsewhere. With k = 0 only the pushed version's answers are used.
 - **(Re)joining.** A replica that discovery lists anew, or that comes back after a restart
   (serving version 0), is behind: no traffic until the trainer has brought it up to date, which
   it does before every step and, when generation finds such a replica mid-rollout, at once.
@@ -66,6 +71,8 @@ class ReplicaSet:
     urls: InitVar[Iterable[str]] = ()
     """The first replicas (``set_urls`` replaces them later: not kept as a field to go stale)."""
     probe_after_s: float = 5.0
+    max_lag: int = 0
+    """How many versions behind the pushed one an answer may be (``rollout.max_staleness``)."""
     target: int | None = None
     """The version every replica should serve (None: nothing pushed, any version will do)."""
     retries: int = 0
@@ -160,6 +167,18 @@ class ReplicaSet:
                 if not up:
                     replica.retry_at = time.monotonic() + self.probe_after_s
 
+    def answered(self, url: str, version: int) -> bool:
+        """A generation on ``url`` came back from ``version``: is the answer usable (see
+        "Answers across an update")? A usable one from before the last push leaves the
+        replica's known version alone; an unusable one records it (the replica is behind)."""
+        with self._lock:
+            target = self.target
+            usable = target is None or target - self.max_lag <= version <= target
+            replica = self._replicas.get(url)
+            if replica is not None and (not usable or target is None or version == target):
+                replica.up, replica.version, replica.reason = True, version, ""
+            return usable
+
     def pushed(self, version: int) -> None:
         """The trainer's policy is now ``version``: only replicas serving it are current."""
         with self._lock:
@@ -188,15 +207,15 @@ class ReplicaSet:
         return replica.up and (self.target is None or replica.version == self.target)
 
 
-def replica_set(servers, *, probe_after_s: float = 5.0) -> ReplicaSet:
+def replica_set(servers, *, probe_after_s: float = 5.0, max_lag: int = 0) -> ReplicaSet:
     """The replicas of a ``servers`` setting (a ``DiscoveryConfig``): its static URLs, or the
     ready pods of a Kubernetes Service, kept up to date by a watch in a background thread (the
     generation loop and the policy pushes both read the set)."""
     if servers.type == "static":
-        return ReplicaSet(servers.endpoints, probe_after_s=probe_after_s)
+        return ReplicaSet(servers.endpoints, probe_after_s=probe_after_s, max_lag=max_lag)
     from services.trainer.discovery import build_discovery
 
-    replicas = ReplicaSet(probe_after_s=probe_after_s)
+    replicas = ReplicaSet(probe_after_s=probe_after_s, max_lag=max_lag)
     discovery = build_discovery(servers)
     loop = asyncio.new_event_loop()
 

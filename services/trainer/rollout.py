@@ -107,6 +107,9 @@ class Episode:
     infra_retries: int = 0
     generated_tokens: int = 0
     policy_versions: list[int] = field(default_factory=list)
+    """Per turn: the policy version that generated it (as the server reported)."""
+    token_versions: list[int] = field(default_factory=list)
+    """Per completion token: the version that sampled it (-1 for env tokens)."""
     endpoint: str | None = None
     drop_reason: str | None = None
     goal: str = ""
@@ -192,7 +195,7 @@ class GenerationBatcher:
     ) -> Generation:
         """The policy's reply to an episode's context (the session names the episode, so a
         backend with several servers keeps its turns on one)."""
-        return await self.generate(context, params, episode=id(session))
+        return await self.generate(context, params, episode=session.episode_id)
 
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams, episode: Hashable = None
@@ -396,7 +399,7 @@ class RolloutEngine:
             if gen is None:  # the demonstrator has no action for this page: a failed episode
                 break
             start = len(ep.completion_ids)
-            self._append(ep, gen.token_ids, gen.logprobs, model=True)
+            self._append(ep, gen.token_ids, gen.logprobs, version=gen.policy_version)
             ep.generated_tokens += len(gen.token_ids)
             ep.policy_versions.append(gen.policy_version)
             action = self._action_of(ep, gen.text)
@@ -434,10 +437,10 @@ class RolloutEngine:
                 # The context budget is spent: the policy took too long.
                 ep.outcome = "truncated"
                 break
-            self._append(ep, env_ids, [0.0] * len(env_ids), model=False)
+            self._append(ep, env_ids, [0.0] * len(env_ids))
         if self._eos_id is not None and ep.completion_ids and ep.completion_ids[-1] != self._eos_id:
             # Close the sequence for TRL's bookkeeping (masked: the model did not write it).
-            self._append(ep, [self._eos_id], [0.0], model=False)
+            self._append(ep, [self._eos_id], [0.0])
         return ep
 
     def _action_of(self, ep: Episode, reply: str) -> str:
@@ -459,7 +462,12 @@ class RolloutEngine:
         )
 
     @staticmethod
-    def _append(ep: Episode, ids: list[int], logprobs: list[float], *, model: bool) -> None:
+    def _append(
+        ep: Episode, ids: list[int], logprobs: list[float], *, version: int | None = None
+    ) -> None:
+        """Completion tokens: the model's when ``version`` (the policy that sampled them) is
+        given, the env's otherwise."""
         ep.completion_ids.extend(ids)
         ep.logprobs.extend(logprobs)
-        ep.env_mask.extend([1 if model else 0] * len(ids))
+        ep.env_mask.extend([0 if version is None else 1] * len(ids))
+        ep.token_versions.extend([-1 if version is None else version] * len(ids))

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from typing import Any
 
 from services.trainer import distributed
@@ -48,8 +50,30 @@ class RolloutStalledError(RuntimeError):
     """No episode of a step could be played for longer than ``env.wait_for_endpoint_s``."""
 
 
+@dataclass
+class _Rollout:
+    """One step's episodes being played, possibly ahead of the step that trains on them."""
+
+    requests: list[EpisodeRequest]
+    frames: FrameWriter | None
+    started: float
+    idle_before: float
+    """Seconds no rollout was being played before this one started (generation idle)."""
+    future: Future[list[Episode]]
+    finished: float | None = None
+
+
 class BrowserRollout:
-    """TRL ``rollout_func`` (see the module docstring)."""
+    """TRL ``rollout_func`` (see the module docstring).
+
+    With ``rollout.max_staleness`` k > 0 it plays k steps ahead: each call returns the episodes
+    started k calls earlier and starts the next step's on this call's pages (TRL's prompts are
+    ``{task, seed}`` pages and the curriculum picks each group's task anyway, so they shift by k
+    steps; the first call plays its own and then fills the queue). Those episodes are generated
+    while the trainer updates and pushes, by the policy k versions (or fewer) behind the one
+    that trains on them; their versions travel per token to the update, which corrects for them
+    (``grpo_trainer.py``). k = 0 is the synchronous loop: every step waits for its own rollout.
+    """
 
     def __init__(
         self,
@@ -75,31 +99,30 @@ class BrowserRollout:
             if cfg.run.save_trajectories
             else None
         )
+        self._ahead: deque[_Rollout] = deque()
+        self._latest: _Rollout | None = None
 
     def __call__(self, prompts: list[Any], trainer) -> dict:
         step = trainer.state.global_step
         self.metrics.set_policy_version(step)
-        requests = self.curriculum.assign([parse_episode_prompt(p) for p in prompts])
-        every = self.cfg.run.frames_every_steps
-        frames = None
-        if every is not None and (step + 1) % every == 0:
-            frames = FrameWriter(self.cfg.run.output_dir, f"frames/step-{step + 1}")
-            requests = [replace(r, frames=True) for r in requests]
-        started = time.perf_counter()
-        episodes = self.play_some(requests)
-        seconds = time.perf_counter() - started
+        called = time.perf_counter()
+        if not self._ahead:
+            self._ahead.append(self._start(prompts, step))
+        rollout = self._ahead.popleft()
+        episodes = self._finish(rollout)
+        waited = time.perf_counter() - called
+        while len(self._ahead) < self.cfg.rollout.max_staleness:
+            self._ahead.append(self._start(prompts, step + len(self._ahead) + 1))
+        seconds = (rollout.finished or time.perf_counter()) - rollout.started
         self.curriculum.record(episodes)
-        self.last = StepStats.of(episodes, seconds)
-        self.metrics.rollout_done(episodes, seconds)
+        self.last = StepStats.of(episodes, seconds, waited, rollout.idle_before)
+        self.metrics.rollout_done(episodes, self.last)
         weights = self.curriculum.weights()
         self.metrics.curriculum_weights(weights)
         curriculum = {f"curriculum/{task}": weight for task, weight in weights.items()}
-        versions = [v for e in episodes for v in e.policy_versions]
-        # How many updates behind the policy being trained the oldest sampled turn was (0 when
-        # the trainer generates itself; a served policy may lag a push).
-        staleness = {"rollout/max_staleness": step - min(versions)} if versions else {}
-        log_step_metrics(trainer, self.last.trl_metrics() | curriculum | staleness)
+        log_step_metrics(trainer, self.last.trl_metrics() | curriculum | _staleness(episodes, step))
         if self.episode_log is not None:
+            frames = rollout.frames
             index = [frames.write(e) for e in episodes] if frames is not None else []
             self.episode_log.append(step + 1, episodes, index)
         if self.trajectories is not None:
@@ -109,14 +132,46 @@ class BrowserRollout:
             self.replay.add(
                 self.stack.records([e for e in episodes if e.success], "training", step)
             )
-        return to_trl_batch(prompts, episodes, self.eos_id, self.cfg.tasks.turns_for)
+        return to_trl_batch(prompts, episodes, self.eos_id, self.cfg.tasks.turns_for, step)
 
-    def play_some(self, requests: list[EpisodeRequest]) -> list[Episode]:
-        """Play the requests; replay the whole rollout while every episode was dropped."""
+    def _start(self, prompts: list[Any], trains_at: int) -> _Rollout:
+        """Start playing a rollout for the step ``trains_at`` (the curriculum picks its tasks
+        now; frames are taken when that step is one that keeps them)."""
+        requests = self.curriculum.assign([parse_episode_prompt(p) for p in prompts])
+        every = self.cfg.run.frames_every_steps
+        frames = None
+        if every is not None and (trains_at + 1) % every == 0:
+            frames = FrameWriter(self.cfg.run.output_dir, f"frames/step-{trains_at + 1}")
+            requests = [replace(r, frames=True) for r in requests]
+        now = time.perf_counter()
+        played = [r for r in (self._latest, *self._ahead) if r is not None]
+        finished = [r.finished for r in played if r.finished is not None]
+        idle = now - max(finished) if played and len(finished) == len(played) else 0.0
+        rollout = _Rollout(requests, frames, now, max(idle, 0.0), self.stack.start(requests))
+        rollout.future.add_done_callback(lambda _: _finished(rollout))
+        self._latest = rollout
+        return rollout
+
+    def _finish(self, rollout: _Rollout) -> list[Episode]:
+        """The rollout's episodes, waited for; one in which every episode was dropped is
+        played again (``play_some``)."""
+        episodes = rollout.future.result()
+        if any(not e.dropped for e in episodes):
+            return episodes
+        episodes = self.play_some(rollout.requests, episodes)
+        rollout.finished = time.perf_counter()
+        return episodes
+
+    def play_some(
+        self, requests: list[EpisodeRequest], episodes: list[Episode] | None = None
+    ) -> list[Episode]:
+        """Play the requests (``episodes``: a first result already played); replay the whole
+        rollout while every episode was dropped."""
         deadline = time.monotonic() + self.cfg.env.wait_for_endpoint_s
         delay = EMPTY_ROLLOUT_BACKOFF_S
         while True:
-            episodes = self.stack.play(requests)
+            if episodes is None:
+                episodes = self.stack.play(requests)
             if any(not e.dropped for e in episodes):
                 return episodes
             reasons = sorted({str(e.drop_reason).split(":")[0] for e in episodes})
@@ -138,9 +193,27 @@ class BrowserRollout:
             time.sleep(delay)
             self.stack.loop.run(wait_until_ready(self.stack.backend))
             delay = min(delay * 2, 60.0)
+            episodes = None
 
     def close(self) -> None:
+        """Cancel the rollouts played ahead (their episodes are lost: harmless), then close."""
+        while self._ahead:
+            self._ahead.popleft().future.cancel()
         self.stack.close()
+
+
+def _finished(rollout: _Rollout) -> None:
+    rollout.finished = time.perf_counter()
+
+
+def _staleness(episodes: list[Episode], step: int) -> dict[str, float]:
+    """How many updates behind the policy being trained the sampled turns were (0 when the
+    trainer generates itself; a served policy may lag a push; up to ``rollout.max_staleness``
+    when rollouts run ahead)."""
+    lags = [step - v for e in episodes for v in e.policy_versions]
+    if not lags:
+        return {}
+    return {"rollout/max_staleness": max(lags), "rollout/staleness_mean": sum(lags) / len(lags)}
 
 
 class ShardedRollout:

@@ -197,7 +197,15 @@ class RolloutStack:
         on_episode: Callable[[Episode], None] | None = None,
     ) -> list[Episode]:
         """Play every request at once (results in request order; dropped ones marked)."""
-        return self.loop.run(self._play(list(requests), on_episode))
+        return self.start(requests, on_episode).result()
+
+    def start(
+        self,
+        requests: Sequence[EpisodeRequest],
+        on_episode: Callable[[Episode], None] | None = None,
+    ) -> Future[list[Episode]]:
+        """``play`` without waiting: the episodes play on the stack's loop meanwhile."""
+        return self.loop.submit(self._play(list(requests), on_episode))
 
     async def _play(self, requests, on_episode) -> list[Episode]:
         async def one(request: EpisodeRequest) -> Episode:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from concurrent.futures import Future
 
 import pytest
 from aiohttp import web
@@ -51,9 +52,48 @@ def scripted_backend():
     return ScriptedBackend
 
 
-def train(cfg, model_dir, discovery):
+def played(episodes):
+    """A ``RolloutStack.start`` that plays nothing: every rollout is ``episodes``."""
+
+    def start(requests, on_episode=None) -> Future:
+        future: Future = Future()
+        future.set_result(list(episodes))
+        return future
+
+    return start
+
+
+def remote_lora_config(model_dir, output_dir, servers: list[str], **sections):
+    """Three GRPO steps of a LoRA on click-test, generated on ``servers`` (our inference routes)
+    and pushed to them after every step; ``sections`` add to the config."""
+    from services.trainer.config import load_config
+
+    replicas = {"endpoints": servers}
+    return load_config(
+        {
+            "run": {"output_dir": str(output_dir)},
+            "model": {"source": str(model_dir)},
+            "tasks": {"train": ["click-test"], "max_turns": 2},
+            "env": {"discovery": {"endpoints": ["http://unused:1"]}, "sessions_per_endpoint": 4},
+            "generation": {
+                "backend": {"type": "remote", "servers": replicas, "model": "policy"},
+                "max_new_tokens": 6,
+                "batch_wait_ms": 100,
+            },
+            "lora": {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj"]},
+            "grpo": {"max_steps": 3, "prompts_per_step": 2, "num_generations": 2},
+            "policy_sync": {"enabled": True, "servers": replicas, "wait_ready_s": 30},
+            "checkpoint": {"save_steps": 100},
+            "metrics": {"port": None},
+            **sections,
+        }
+    )
+
+
+def train(cfg, model_dir, discovery, callbacks=lambda training: ()):
     """Build and run a GRPO training of the model in ``model_dir`` (closed after); (training,
-    final policy folder). ``discovery``: env pod URLs or a Discovery."""
+    final policy folder). ``discovery``: env pod URLs or a Discovery; ``callbacks(training)``:
+    TrainerCallbacks to add (they may look at the training being run)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from services.trainer.grpo import build_training, run_training
@@ -64,6 +104,8 @@ def train(cfg, model_dir, discovery):
         model=AutoModelForCausalLM.from_pretrained(model_dir),
         tokenizer=AutoTokenizer.from_pretrained(model_dir),
     )
+    for callback in callbacks(training):
+        training.trainer.add_callback(callback)
     try:
         final = run_training(training, cfg)
     finally:

@@ -19,6 +19,7 @@ from services.trainer.config import load_config
 from services.trainer.grpo import build_training, run_training
 from services.trainer.loading import parameter_dtype
 from services.trainer.rollout import Episode
+from tests.trainer.conftest import played
 
 VALUES_FULL = Path(__file__).resolve().parents[2] / "helm/browser-rl/values-full.yaml"
 PROMPT = "Task: Click the button.\nPage:\n[13] button 'Click Me!'\nAction:"
@@ -69,7 +70,7 @@ def fraction_moved(tiny_base_model, tmp_path, *, master_weights: bool) -> float:
     model = AutoModelForCausalLM.from_pretrained(tiny_base_model, dtype=weights)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     training = build_training(cfg, ["http://unused:1"], model=model, tokenizer=tokenizer)
-    training.stack.play = lambda requests: group
+    training.stack.start = played(group)
     try:
         run_training(training, cfg)
     finally:

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from services.trainer.config import load_config
 from services.trainer.grpo import build_training, run_training
 from services.trainer.rollout import Episode
+from tests.trainer.conftest import played
 
 PROMPT = "Task: Click the button.\nPage:\n[13] button 'Click Me!'\nAction:"
 GOOD, BAD, INVALID = " click('13')\n", " click('12')\n", " fill('13', 'x')\n"
@@ -74,7 +75,7 @@ def test_a_grpo_step_favours_the_rewarded_episode(tiny_base_model, tmp_path, lor
         model=AutoModelForCausalLM.from_pretrained(tiny_base_model),
         tokenizer=tokenizer,
     )
-    training.stack.play = lambda requests: group  # the step's rollout: the episodes above
+    training.stack.start = played(group)  # the step's rollout: the episodes above
 
     def logp(text: str) -> float:
         ids = torch.tensor([prompt + encode(text)])

@@ -20,6 +20,7 @@ from services.trainer.metrics import TrainerMetrics
 from services.trainer.policy_sync import PolicySyncError, build_callback
 from services.trainer.replicas import ReplicaSet
 from tests.inference.fakes import free_port, serve_policy_service
+from tests.trainer.conftest import remote_lora_config, train
 
 GREEDY = SamplingParams(max_new_tokens=4, temperature=0.0)
 
@@ -48,6 +49,26 @@ def test_only_replicas_at_the_pushed_version_get_traffic():
     assert replicas.behind() == ["http://b"]
     replicas.served("http://b", 2)
     assert replicas.behind() == [] and replicas.choose("new").url == "http://b"
+
+
+def test_answers_within_max_staleness_of_the_push_count_and_older_ones_mark_a_restart():
+    replicas = ReplicaSet(["http://a", "http://b"], max_lag=1)
+    for url in ("http://a", "http://b"):
+        replicas.served(url, 5)
+    replicas.pushed(5)
+    assert replicas.answered("http://a", 5)
+    replicas.pushed(6)
+    replicas.served("http://a", 6)
+    # Started before the push, answered after it: one version behind is within the bound, and
+    # it does not make "a" look behind (it already serves 6).
+    assert replicas.answered("http://a", 5)
+    assert replicas.choose(None).url == "http://a"
+    # Two versions behind: a restarted replica's answer; not used, and "b" is behind now.
+    assert not replicas.answered("http://b", 4)
+    assert replicas.behind() == ["http://b"]
+    synchronous = ReplicaSet(["http://a"])
+    synchronous.pushed(6)
+    assert not synchronous.answered("http://a", 5)
 
 
 def test_a_failed_replica_is_skipped_then_probed_after_its_back_off():
@@ -153,6 +174,38 @@ def test_an_update_lands_on_every_replica_and_generation_reports_it(two_replicas
     assert sorted(sync.last_result.accepted) == sorted(s.url for s in two_replicas)
     assert {g.policy_version for g in _play(replicas, "e")} == {1}
     assert all(s.completions for s in two_replicas)
+
+
+def test_an_episode_keeps_the_version_it_started_on_until_that_version_is_retired(
+    two_replicas, peft_model
+):
+    """Rollouts ahead of the update (max_staleness 2): a push mid-episode does not switch the
+    episode's adapter; once its version is retired (keep_adapter_versions 2), it goes on with
+    the newest."""
+    service = two_replicas[0]
+    replicas = ReplicaSet([service.url], max_lag=2)
+    sync = _pushed_version_1(replicas, peft_model)
+    client = RemoteBackend(replicas, model="policy", pin_episodes=True)
+
+    def push(version: int) -> None:
+        sync.on_step_end(args=None, state=_state(version), control=None, model=peft_model)
+
+    async def play() -> list[list[int]]:
+        try:
+            first = await _turns(client, ["e"], 0)
+            push(2)
+            second = await _turns(client, ["e", "f"], 1)
+            push(3)  # version 1 is retired now (the newest two stay)
+            third = await _turns(client, ["e", "f"], 2)
+        finally:
+            await client.close()
+        return [[g.policy_version for g in turn] for turn in (first, second, third)]
+
+    assert asyncio.run(play()) == [[1], [1, 2], [3, 2]]
+    # e's last turn asked for policy-v1 first (vLLM: 404), then for the served name.
+    assert sorted(r["model"] for r in service.completions[-3:]) == [
+        "policy-v1", "policy-v2", "policy-v3"
+    ]  # fmt: skip
 
 
 def test_a_replica_that_dies_mid_rollout_loses_no_request(two_replicas):
@@ -275,48 +328,21 @@ def test_training_on_two_replicas_loses_no_episode_and_no_step_when_one_dies(
     both; after step 1 one replica dies. Steps 2 and 3 play all their episodes on the other."""
     import json
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-
-    from services.trainer.config import load_config
-    from services.trainer.grpo import build_training, run_training
+    from transformers import TrainerCallback
 
     services = [serve_policy_service(free_port(), tiny_chat_model, tmp_path) for _ in range(2)]
-    servers = {"endpoints": [s.url for s in services]}
-    cfg = load_config(
-        {
-            "run": {"output_dir": str(tmp_path / "run")},
-            "model": {"source": str(tiny_chat_model)},
-            "tasks": {"train": ["click-test"], "max_turns": 2},
-            "env": {"discovery": {"endpoints": ["http://unused:1"]}, "sessions_per_endpoint": 4},
-            "generation": {
-                "backend": {"type": "remote", "servers": servers, "model": "policy"},
-                "max_new_tokens": 6,
-                "batch_wait_ms": 100,
-            },
-            "lora": {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj"]},
-            "grpo": {"max_steps": 3, "prompts_per_step": 2, "num_generations": 2},
-            "policy_sync": {"enabled": True, "servers": servers, "wait_ready_s": 30},
-            "checkpoint": {"save_steps": 100},
-            "metrics": {"port": None},
-        }
-    )
+    cfg = remote_lora_config(tiny_chat_model, tmp_path / "run", [s.url for s in services])
 
     class KillAfterStep1(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == 1:
                 services[1].stop()
 
-    training = build_training(
-        cfg,
-        env_pods,
-        model=AutoModelForCausalLM.from_pretrained(tiny_chat_model),
-        tokenizer=AutoTokenizer.from_pretrained(tiny_chat_model),
-    )
-    training.trainer.add_callback(KillAfterStep1())
     try:
-        final = run_training(training, cfg)
+        training, final = train(
+            cfg, tiny_chat_model, env_pods, callbacks=lambda _: [KillAfterStep1()]
+        )
     finally:
-        training.close()
         for service in services:
             service.stop()
     assert training.trainer.state.global_step == 3 and final is not None

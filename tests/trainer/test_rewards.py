@@ -15,6 +15,7 @@ from services.trainer.grpo import build_training
 from services.trainer.rewards import REWARDS, build_rewards
 from services.trainer.rollout import Episode, EpisodeRequest
 from services.trainer.trl_batch import to_trl_batch
+from tests.trainer.conftest import played
 
 
 def episodes(encode) -> list[Episode]:
@@ -63,7 +64,7 @@ def advantages(tiny_base_model, tmp_path, rewards: list[dict]) -> list[float]:
         model=AutoModelForCausalLM.from_pretrained(tiny_base_model),
         tokenizer=tokenizer,
     )
-    training.stack.play = lambda requests: group
+    training.stack.start = played(group)
     try:
         prompt = episode_prompt(EpisodeRequest("click-test", 3))
         training.trainer.model.train()  # TRL groups by num_generations in train mode
@@ -93,12 +94,12 @@ def test_a_turn_cost_prefers_the_shorter_of_equal_outcomes(tiny_base_model, tmp_
 
 
 def test_every_source_gives_a_dropped_sample_its_groups_mean():
-    played = Episode("click-test", 1, [5], [7], [1], [-0.5], reward=1.0, outcome="success",
-                     turns=2, invalid_actions=1)  # fmt: skip
+    succeeded = Episode("click-test", 1, [5], [7], [1], [-0.5], reward=1.0, outcome="success",
+                        turns=2, invalid_actions=1)  # fmt: skip
     failed = Episode("click-test", 1, [5], [7], [1], [-0.5], reward=0.0, outcome="failure",
                      turns=1)  # fmt: skip
     dropped = Episode("click-test", 1, outcome="dropped")
-    batch = to_trl_batch(["p"] * 3, [played, failed, dropped], eos_id=2, max_turns=lambda _: 3)
+    batch = to_trl_batch(["p"] * 3, [succeeded, failed, dropped], eos_id=2, max_turns=lambda _: 3)
     for source in build_rewards(load_config_rewards()):
         scores = source(completions=None, **batch)
         assert scores[2] == pytest.approx((scores[0] + scores[1]) / 2), source.__name__

@@ -38,6 +38,9 @@ class BackendContext:
     policy_version: Callable[[], int] = lambda: 0
     replicas: ReplicaSet | None = None
     """The inference replicas the policy pushes go to, when the remote backend shares them."""
+    pin_episodes: bool = False
+    """An episode's later turns ask for the exact version its first turn got (rollouts that run
+    ahead of the update, ``rollout.max_staleness`` > 0: a push mid-episode does not switch it)."""
 
 
 def build_backend(config, context: BackendContext) -> GenerationBackend:

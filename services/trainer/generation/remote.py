@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -28,7 +29,7 @@ from services.trainer.generation.base import (
     GenerationRequestError,
     SamplingParams,
 )
-from services.trainer.replicas import Replica, ReplicaSet, replica_set
+from services.trainer.replicas import STICKY_EPISODES, Replica, ReplicaSet, replica_set
 
 #: 4xx answers that are about load or timing, not about the request: worth replaying.
 _TRANSIENT_STATUS = {408, 409, 425, 429}
@@ -54,6 +55,7 @@ class RemoteBackend:
         wait_ready_s: float = 0.0,
         max_retries: int = 3,
         owns_servers: bool = False,
+        pin_episodes: bool = False,
     ) -> None:
         self.replicas = servers if isinstance(servers, ReplicaSet) else ReplicaSet([servers])
         self._owns_servers = owns_servers  # close() stops their discovery
@@ -67,6 +69,8 @@ class RemoteBackend:
         self._max_concurrency = max_concurrency
         self._clients: dict[str, tuple[httpx.AsyncClient, asyncio.Semaphore]] = {}
         self._requests = 0  # completions requested so far: request k samples with seed + k
+        # episode -> the exact model name (adapter version) its first turn got, when pinned
+        self._pins: OrderedDict[Hashable, str] | None = OrderedDict() if pin_episodes else None
 
     @classmethod
     def from_config(cls, config, *, context) -> RemoteBackend:
@@ -88,6 +92,7 @@ class RemoteBackend:
             wait_ready_s=config.wait_ready_s,
             max_retries=config.max_retries,
             owns_servers=context.replicas is None,
+            pin_episodes=context.pin_episodes,
         )
 
     async def wait_ready(self) -> None:
@@ -158,7 +163,7 @@ class RemoteBackend:
     ) -> Generation:
         greedy = params.temperature <= 0
         body: dict[str, Any] = {
-            "model": self.model,
+            "model": self._pinned(episode),
             "prompt": prompt,
             "max_tokens": params.max_new_tokens,
             "temperature": 0.0 if greedy else params.temperature,
@@ -177,10 +182,7 @@ class RemoteBackend:
         for attempt in range(self.max_retries + 1):
             replica = await self._choose(episode)
             try:
-                async with self._client(replica.url)[1]:
-                    data, headers = await self._request(
-                        replica.url, "POST", "/v1/completions", json=body, headers_too=True
-                    )
+                data, headers = await self._complete(replica.url, body, episode)
             except GenerationRequestError:
                 raise  # the request itself is wrong: no replica will take it
             except GenerationError as exc:
@@ -194,22 +196,59 @@ class RemoteBackend:
                 self.replicas.release(replica.url)
             generation = self._parse(data, headers)
             reported = headers.get(POLICY_VERSION_HEADER) is not None or "policy_version" in data
-            if reported:
-                self.replicas.served(replica.url, generation.policy_version)
-            target = self.replicas.target
-            if reported and target is not None and generation.policy_version != target:
-                # A replica that restarted since it was last asked answers with the base model:
-                # that answer is not the pushed policy's, so the request goes elsewhere.
-                if attempt == self.max_retries:
-                    return generation  # recorded with its version: the staleness shows
-                self.replicas.retried()
-                log.warning(
-                    "%s answered with version %d, not %d: retrying elsewhere",
-                    replica.url, generation.policy_version, target,
-                )  # fmt: skip
-                continue
-            return generation
+            if not reported or self.replicas.answered(replica.url, generation.policy_version):
+                self._pin(episode, data.get("model"))
+                return generation
+            # A replica that restarted since it was last asked answers with the base model:
+            # that answer is not the pushed policy's, so the request goes elsewhere.
+            if attempt == self.max_retries:
+                return generation  # recorded with its version: the staleness shows
+            self._pin(episode, None)
+            body["model"] = self.model
+            self.replicas.retried()
+            log.warning(
+                "%s answered with version %d, not %d: retrying elsewhere",
+                replica.url, generation.policy_version, self.replicas.target,
+            )  # fmt: skip
         raise AssertionError("unreachable")
+
+    async def _complete(self, url: str, body: dict[str, Any], episode: Hashable):
+        """POST ``body`` to ``url``: (reply, headers). A pinned version the replica no longer
+        has (retired, or the replica restarted) is unpinned: the episode goes on with the
+        newest version, recorded per token as always."""
+        async with self._client(url)[1]:
+            try:
+                return await self._request(
+                    url, "POST", "/v1/completions", json=body, headers_too=True
+                )
+            except GenerationRequestError as exc:
+                if body["model"] == self.model:
+                    raise
+                log.warning("episode pinned to %s: %s; continuing on %s", body["model"], exc,
+                            self.model)  # fmt: skip
+                self._pin(episode, None)
+                body["model"] = self.model
+                return await self._request(
+                    url, "POST", "/v1/completions", json=body, headers_too=True
+                )
+
+    def _pinned(self, episode: Hashable) -> str | None:
+        """The model name for ``episode``'s next turn: its pinned version, or the served name."""
+        if self._pins is None or episode is None:
+            return self.model
+        return self._pins.get(episode, self.model)
+
+    def _pin(self, episode: Hashable, model: str | None) -> None:
+        """Pin ``episode`` to the exact ``model`` an answer named (None: unpin)."""
+        if self._pins is None or episode is None:
+            return
+        if model is None:
+            self._pins.pop(episode, None)
+            return
+        self._pins.setdefault(episode, model)
+        self._pins.move_to_end(episode)
+        while len(self._pins) > STICKY_EPISODES:
+            self._pins.popitem(last=False)
 
     async def _choose(self, episode: Hashable) -> Replica:
         """A current replica (probing down ones whose back-off passed), waiting up to
