@@ -147,10 +147,13 @@ TRAINER = [
         "the step's replayed action tokens (replay.enabled).",
     ),
     Panel(
-        "Step time: rollout vs update",
+        "Step time: rollout, wait, update, generation idle",
         [(mean_of("trainer_step_seconds", "phase"), "{{phase}}")],
         unit="s",
-        description="Mean seconds per phase of an optimizer step.",
+        description="Mean seconds per phase of an optimizer step: the rollout's own length, how "
+        "long the trainer waited for it (shorter when rollout.max_staleness plays it ahead), the "
+        "update, and how long generation had nothing to play before it (the update and push, "
+        "when nothing runs ahead).",
     ),
     Panel(
         "Policy staleness",
@@ -158,7 +161,8 @@ TRAINER = [
             (quantile(0.5, "trainer_policy_staleness"), "p50"),
             (quantile(0.9, "trainer_policy_staleness"), "p90"),
         ],
-        description="Trainer policy version minus the version that generated a sample.",
+        description="Trainer policy version minus the version that generated a sample (at most "
+        "rollout.max_staleness, plus a push that lagged).",
     ),
     Panel(
         "Generated tokens/s and episodes/s",

@@ -770,3 +770,13 @@ def test_inference_replicas_can_follow_vllms_request_queue():
     assert one(r, "PodDisruptionBudget", "inference")["spec"]["maxUnavailable"] == 1
     with pytest.raises(Exception, match="minReplicas must not exceed"):
         render({"inference": {"autoscaling": {**autoscaling, "minReplicas": 7}, "modelCache": rwx}})
+
+
+def test_a_trainer_running_ahead_gets_enough_adapter_slots_for_its_pinned_versions():
+    """rollout.max_staleness k pins each episode to the version it started on: the service keeps
+    k + 1 adapter versions loaded and batches k + 2 of them."""
+    r = render({"trainer": {"config": {"rollout": {"max_staleness": 2}}}})
+    config = yaml.safe_load(one(r, "ConfigMap", "inference")["data"]["inference.yaml"])
+    assert (config["keep_adapter_versions"], config["max_loras"]) == (3, 4)
+    trainer = yaml.safe_load(one(r, "ConfigMap", "trainer")["data"]["trainer.yaml"])
+    assert load_config(trainer).rollout.max_staleness == 2

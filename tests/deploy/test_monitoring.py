@@ -324,7 +324,7 @@ def test_dashboard_has_the_panels_people_need():
         "Reward mean by task",
         "Success rate by task",
         "Loss, KL, grad norm",
-        "Step time: rollout vs update",
+        "Step time: rollout, wait, update, generation idle",
         "Policy staleness",
         "Generated tokens/s and episodes/s",
         "vLLM requests running / waiting",
