@@ -88,7 +88,7 @@ up: setup ## local stack on loopback: env pods + trainer as processes, a real Pr
 
 # --- inference ---
 # vLLM (CPU build) lives in its own virtualenv: it pins transformers<5.20, the trainer uses 5.23.
-.PHONY: setup-vllm test-vllm serve-inference bench-inference
+.PHONY: setup-vllm test-vllm serve-inference bench-inference bench-async
 inference_config ?= services/inference/configs/local_cpu_lora.yaml
 VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
@@ -114,6 +114,9 @@ serve-inference: setup setup-vllm ## run the vLLM service locally in the foregro
 
 bench-inference: setup setup-vllm ## adapter push vs full reload, remote (vLLM) vs in-process generation (runs/bench_inference.json)
 	$(PY) scripts/bench_inference.py --out runs/bench_inference.json
+
+bench-async: setup setup-vllm ## rollouts overlapping the update: steps/h and trainer wait, max_staleness 0 vs 1 (runs/bench_async.json)
+	$(PY) scripts/bench_async.py --out runs/bench_async.json $(BENCH_ARGS)
 
 # --- eval ---
 # Base vs trained on held-out seeds (BrowserGym MiniWoB protocol: max 10 steps, binary reward).
