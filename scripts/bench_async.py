@@ -15,6 +15,10 @@ learning comparison is the runs' success curves, not a held-out evaluation). Wri
 ``runs/bench_async.json``.
 
     make bench-async [BENCH_ARGS="--steps 8 --staleness 0 1 2 --replicas 2"]
+
+From a warmed-up policy (the runs' ``final/`` adapters then go to a held-out evaluation):
+``--serve runs/local_cpu/sft/model --set model.source=runs/local_cpu/sft/model
+--set model.prompt_format=plain`` (the replicas serve the SFT model as their base).
 """
 
 from __future__ import annotations
@@ -64,13 +68,16 @@ def overlay(urls: list[str], staleness: int, steps: int, out: Path) -> dict:
     }
 
 
-def train(urls: list[str], staleness: int, steps: int, out: Path) -> list[dict]:
+def train(
+    urls: list[str], staleness: int, steps: int, out: Path, overrides: list[str]
+) -> list[dict]:
     """One training run (a trainer process); its per-step records from metrics.jsonl."""
     out.mkdir(parents=True)
     config = out / "bench.yaml"
     config.write_text(yaml.safe_dump(overlay(urls, staleness, steps, out)))
     command = [sys.executable, "-m", "services.trainer", "train", "--no-eval"]
     command += ["--config", str(TRAINER_CONFIG), "--config", str(config)]
+    command += [arg for item in overrides for arg in ("--set", item)]
     with open(out / "train.log", "wb") as log:
         subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
@@ -110,20 +117,27 @@ def main() -> None:
     cli.add_argument("--steps", type=int, default=7, help="GRPO steps per run (first not counted)")
     cli.add_argument("--rounds", type=int, default=1, help="runs per setting, in turn")
     cli.add_argument("--replicas", type=int, default=1, help="vLLM CPU replicas")
+    cli.add_argument("--serve", help="model the replicas serve (default: the config's)")
+    cli.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="trainer override"
+    )
+    cli.add_argument("--runs", type=Path, help="keep the runs here (default: a scratch folder)")
     cli.add_argument("--vllm-python", type=Path, default=VLLM_PYTHON)
     cli.add_argument("--out", type=Path, default=Path("runs/bench_async.json"))
     options = cli.parse_args()
     if 0 not in options.staleness:
         cli.error("--staleness must include 0: the synchronous baseline of the ratios")
 
-    scratch = Path(tempfile.mkdtemp(prefix="bench-async-"))
+    scratch = options.runs or Path(tempfile.mkdtemp(prefix="bench-async-"))
     # Episodes pinned to the version they started on: that many adapters loaded and in a batch.
     ahead = max(options.staleness)
+    served = {"model": options.serve} if options.serve else {}
     inference = InferenceConfig.from_yaml(INFERENCE_CONFIG).model_copy(
         update={
             "keep_adapter_versions": ahead + 1,
             "max_loras": ahead + 2,
             "max_cpu_loras": ahead + 3,
+            **served,
         }
     )
     load_before = os.getloadavg()
@@ -143,7 +157,8 @@ def main() -> None:
             for staleness in options.staleness:
                 out = scratch / f"round-{round_}-staleness-{staleness}"
                 print(f">> round {round_ + 1}: max_staleness {staleness} ({out})", flush=True)
-                steps[staleness] += per_step(train(urls, staleness, options.steps, out))
+                records = train(urls, staleness, options.steps, out, options.set)
+                steps[staleness] += per_step(records)
     baseline = summary(steps[0], None)
     results = {
         "command": "make bench-async " + " ".join(sys.argv[1:]),
@@ -152,6 +167,8 @@ def main() -> None:
         "load_average_after": os.getloadavg(),
         "minutes": (time.time() - started) / 60,
         "trainer_config": str(TRAINER_CONFIG.relative_to(REPO)),
+        "overrides": options.set,
+        "served_model": inference.model,
         "replicas": options.replicas,
         "steps_per_run": options.steps,
         "rounds": options.rounds,
