@@ -129,6 +129,7 @@ def main() -> None:
         cli.error("--staleness must include 0: the synchronous baseline of the ratios")
 
     scratch = options.runs or Path(tempfile.mkdtemp(prefix="bench-async-"))
+    scratch.mkdir(parents=True, exist_ok=True)
     # Episodes pinned to the version they started on: that many adapters loaded and in a batch.
     ahead = max(options.staleness)
     served = {"model": options.serve} if options.serve else {}
