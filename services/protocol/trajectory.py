@@ -58,6 +58,9 @@ class Trajectory(BaseModel):
     env_mask: list[int] = Field(..., description="1: the policy's token; 0: the env's.")
     logprobs: list[float] = Field(..., description="The generator's logprob of each token.")
     turns: list[TurnRecord]
+    final_observation: str = Field(
+        "", description="The page the last action left ('' in records written before it was kept)."
+    )
     reward: float
     outcome: Literal["success", "failure", "truncated"]
 

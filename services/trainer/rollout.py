@@ -116,6 +116,8 @@ class Episode:
     turn_log: list[Turn] = field(default_factory=list)
     final_frame: Frame | None = None
     """The page the last action left, when the request asked for frames."""
+    final_observation: str = ""
+    """The accessibility tree the last action left (what an outcome reward model judges)."""
 
     @property
     def success(self) -> bool:
@@ -418,6 +420,7 @@ class RolloutEngine:
                 )
             )
             ep.final_frame = frame_of(obs)
+            ep.final_observation = obs.axtree_txt
             if obs.done and not obs.truncated:
                 ep.reward = float(obs.reward or 0.0)
                 ep.outcome = "success" if succeeded(ep.reward) else "failure"

@@ -57,6 +57,7 @@ def to_record(
             )
             for t in episode.turn_log
         ],
+        final_observation=episode.final_observation,
         reward=episode.reward,
         outcome=episode.outcome,
     )

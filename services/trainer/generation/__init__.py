@@ -23,6 +23,7 @@ BACKENDS: Registry[GenerationBackend] = Registry(
         "local": "services.trainer.generation.local:LocalBackend",
         "remote": "services.trainer.generation.remote:RemoteBackend",
         "scripted": "services.trainer.generation.scripted:ScriptedBackend",
+        "random": "services.trainer.generation.random_policy:RandomBackend",
     },
 )
 
