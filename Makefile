@@ -151,6 +151,21 @@ sft: setup ## the SFT warm-up alone (on sft.datasets or the demos): make sft [co
 bench-rollout: setup ## rollout engine vs a sequential loop: episodes/s at 1, 2, 4 sessions (runs/bench_rollout.json)
 	$(PY) scripts/bench_rollout.py --out runs/bench_rollout.json $(BENCH_ARGS)
 
+# --- outcome reward model (WebRL's ORM; services/trainer/orm/) ---
+.PHONY: orm-data orm
+orm_config ?= services/trainer/configs/orm_local.yaml
+policy     ?= runs/local_cpu/sft/model
+
+orm-data: setup ## labelled trajectories for the ORM: a random policy and $(policy) at T 1.0 (runs/orm_data/)
+	$(PY) -m services.trainer eval --config $(orm_config) --base $(policy) \
+		--set generation.backend.type=random --out runs/orm_data/random
+	$(PY) -m services.trainer eval --config $(orm_config) --base $(policy) \
+		--prompt-format plain --temperature 1.0 --out runs/orm_data/policy
+
+orm: setup ## train the ORM on orm.data, then measure it, the base and the majority verdict against the checkers
+	$(PY) -m services.trainer orm train --config $(orm_config) $(RUN_ARGS)
+	$(PY) -m services.trainer orm eval --config $(orm_config) $(RUN_ARGS)
+
 .PHONY: gpu-check
 
 gpu-check: setup ## one GPU: SFT step and GRPO update of the LFM2-350M shape, LoRA and full, tokens/s and memory (~1 min on an H200)

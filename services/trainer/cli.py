@@ -7,6 +7,8 @@
     python -m services.trainer check --config cfg.yaml     # validate only, start nothing
     python -m services.trainer eval --config cfg.yaml --trained auto
     python -m services.trainer report runs/local_cpu   # the run's HTML report and plots
+    python -m services.trainer orm train --config cfg.yaml  # an outcome reward model (orm section)
+    python -m services.trainer orm eval --config cfg.yaml   # ... against the checkers
 
 ``train`` validates the whole config before it loads a model or starts a process, serves
 ``/metrics``, starts local env pods when ``env.local.pods > 0`` (the cluster shape as
@@ -85,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         ("demos", "play demonstration episodes and save the successes (demos section)"),
         ("sft", "the SFT warm-up alone, on sft.datasets or the demonstrations"),
         ("check", "validate a config and exit"),
+        ("orm", "the outcome reward model: train it, or measure it against the checkers"),
     ):
         sub = commands.add_parser(name, help=help_text)
+        if name == "orm":
+            sub.add_argument("action", choices=("train", "eval"))
         sub.add_argument(
             "--config",
             action="append",
@@ -133,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         return demos(cfg) if world.main else 0  # rank 0 plays them
     if args.command == "sft":
         return sft(cfg, world)
+    if args.command == "orm":
+        from services.trainer.orm.cli import run as orm
+
+        return orm(cfg, args.action) if world.main else 0
     from services.trainer.evaluation.report import EvalError
     from services.trainer.pipeline import run
 

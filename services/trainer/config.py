@@ -406,13 +406,26 @@ class ScriptedBackendConfig(_Section):
     )
 
 
-BackendConfig = typed_union("local", LocalBackendConfig, RemoteBackendConfig, ScriptedBackendConfig)
+class RandomBackendConfig(_Section):
+    """A random policy (a random element clicked, or a goal word typed): a floor to beat, and
+    failed trajectories for an outcome reward model's data."""
+
+    type: Literal["random"] = "random"
+    seed: int = Field(0, description="The choices are the same on every run with this seed.")
+    fill_share: float = Field(
+        0.3, ge=0, le=1, description="Share of turns that type into a text box, when there is one."
+    )
+
+
+BackendConfig = typed_union(
+    "local", LocalBackendConfig, RemoteBackendConfig, ScriptedBackendConfig, RandomBackendConfig
+)
 
 
 class GenerationConfig(_Section):
     backend: BackendConfig = Field(
         default_factory=LocalBackendConfig,
-        description="Who samples the rollouts: {type: local | remote | scripted, ...}.",
+        description="Who samples the rollouts: {type: local | remote | scripted | random, ...}.",
     )
     max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens per turn at most.")
     temperature: float = Field(0.7, gt=0, le=2.0, description="Sampling temperature.")
@@ -473,8 +486,34 @@ class TurnCostRewardConfig(_Section):
     weight: float = Field(0.05, description="Weight in the sum TRL turns into advantages.")
 
 
+class OrmRewardConfig(_Section):
+    """WebRL's outcome reward model judges the episode (services/trainer/orm/): YES 1, NO 0."""
+
+    type: Literal["orm"] = "orm"
+    weight: float = Field(1.0, description="Weight in the sum TRL turns into advantages.")
+    model: str = Field(
+        ...,
+        description="The ORM: a model folder, or a LoRA adapter folder over its base "
+        "(`python -m services.trainer orm train` writes <run>/orm/model).",
+    )
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="Tasks the ORM judges; on the others this source gives the checker's reward, "
+        "so it replaces the 'task' source (a config lists one of the two). Empty: all tasks.",
+    )
+    output: Literal["verdict", "score"] = Field(
+        "verdict",
+        description="'verdict': 1 when P(YES) >= P(NO), else 0 (WebRL); 'score': P(YES) among "
+        "the two answers.",
+    )
+    page_tokens: int = Field(
+        512, ge=16, description="The final page is cut to this many ORM tokens."
+    )
+    batch_size: int = Field(8, ge=1, description="Trajectories judged per forward pass.")
+
+
 RewardConfig = typed_union(
-    "task", TaskRewardConfig, InvalidActionRewardConfig, TurnCostRewardConfig
+    "task", TaskRewardConfig, InvalidActionRewardConfig, TurnCostRewardConfig, OrmRewardConfig
 )
 
 
@@ -754,6 +793,39 @@ class SftConfig(_Section):
     )
 
 
+class OrmConfig(_Section):
+    """Training and measuring an outcome reward model: ``python -m services.trainer orm
+    train|eval`` (services/trainer/orm/). Labelled trajectories come from any policy's
+    evaluation (``--set eval.save_trajectories=true``) or demonstrations; the label is the
+    task's checker."""
+
+    base: str | None = Field(
+        None, description="The ORM's base model (None: model.source). LoRA (the lora section)."
+    )
+    data: list[Path] = Field(
+        default_factory=list, description="Labelled trajectory folders or .jsonl files."
+    )
+    held_out_tasks: list[str] = Field(
+        default_factory=list,
+        description="Tasks never trained on: they measure generalisation to new tasks.",
+    )
+    test_seed_share: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="Share of every other task's pages (task, seed) held out for testing; a "
+        "page's trajectories from every policy fall on the same side.",
+    )
+    page_tokens: int = Field(512, ge=16, description="The final page is cut to this many tokens.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training split.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (LoRA).")
+    micro_batch_size: int = Field(4, ge=1, description="Trajectories per forward/backward pass.")
+    gradient_accumulation_steps: int = Field(2, ge=1, description="Micro-batches per step.")
+    balance: bool = Field(
+        True, description="Repeat the rarer verdict's examples until both are as many."
+    )
+
+
 class EvalConfig(_Section):
     """Held-out evaluation (BrowserGym's MiniWoB protocol by default)."""
 
@@ -818,7 +890,7 @@ class TrainerConfig(_Section):
     rewards: list[RewardConfig] = Field(
         default_factory=lambda: [TaskRewardConfig()],
         min_length=1,
-        description="Reward sources summed with their weights: [{type: task | invalid_action "
+        description="Reward sources summed with their weights: [{type: task | orm | invalid_action "
         "| turn_cost, weight}]; success is always the task reward.",
     )
     lora: LoraAdapterConfig = Field(
@@ -840,6 +912,9 @@ class TrainerConfig(_Section):
     )
     sft: SftConfig = Field(default_factory=SftConfig, description="The SFT warm-up stage.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation after training.")
+    orm: OrmConfig = Field(
+        default_factory=OrmConfig, description="An outcome reward model (orm train|eval)."
+    )
     use_cpu: bool = Field(True, description="Train on CPU (no accelerator).")
 
     @model_validator(mode="after")
@@ -883,11 +958,19 @@ class TrainerConfig(_Section):
             )
         if self.model.dtype != "float32" and self.use_cpu:
             raise ValueError("model.dtype must be float32 with use_cpu (bf16 training on CPU)")
+        sources = {reward.type for reward in self.rewards}
+        if {"task", "orm"} <= sources:
+            raise ValueError(
+                "rewards lists both 'task' and 'orm': the orm source already gives the checker's "
+                "reward on the tasks it does not judge, so every task would count twice; keep one"
+            )
         names = [
             *self.tasks.train,
             *self.tasks.max_turns_per_task,
             *self.demos.task_episodes,
             *(self.eval.tasks or []),
+            *(task for reward in self.rewards if reward.type == "orm" for task in reward.tasks),
+            *self.orm.held_out_tasks,
         ]
         try:
             check_tasks(names, self.known_tasks())

@@ -218,7 +218,9 @@ def build_training(
     try:
         trainer = BrowserGRPOTrainer(
             model=model,
-            reward_funcs=build_rewards(cfg.rewards),
+            reward_funcs=build_rewards(
+                cfg.rewards, metrics=metrics, cache_dir=cfg.model.cache_dir.expanduser()
+            ),
             args=grpo_args(cfg, world),
             train_dataset=build_dataset(cfg),
             processing_class=tokenizer,

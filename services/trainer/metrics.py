@@ -97,6 +97,23 @@ class TrainerMetrics(RolloutObserver):
             "Replayable successes in this phase's probability band (replay.enabled).",
             registry=r,
         )
+        self.orm_judgements = Counter(
+            "trainer_orm_judgements_total",
+            "Episodes the outcome reward model judged, by verdict (yes|no).",
+            ["verdict"],
+            registry=r,
+        )
+        self.orm_batch_seconds = Histogram(
+            "trainer_orm_batch_seconds",
+            "Seconds the outcome reward model took to judge one step's episodes.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.orm_judgements_per_second = Gauge(
+            "trainer_orm_judgements_per_second",
+            "Episodes judged per second in the last step's judgement.",
+            registry=r,
+        )
         self.grad_norm = Gauge("trainer_grad_norm", "Gradient norm of the last step.", registry=r)
         self.step_seconds = Histogram(
             "trainer_step_seconds",
@@ -179,6 +196,14 @@ class TrainerMetrics(RolloutObserver):
         for task, eps in by_task.items():
             self.reward_mean.labels(task).set(sum(e.reward for e in eps) / len(eps))
             self.success_rate.labels(task).set(sum(e.success for e in eps) / len(eps))
+
+    def orm_judged(self, scores: list[float], seconds: float) -> None:
+        """One batch of the outcome reward model's judgements (P(YES) each)."""
+        yes = sum(score >= 0.5 for score in scores)
+        self.orm_judgements.labels("yes").inc(yes)
+        self.orm_judgements.labels("no").inc(len(scores) - yes)
+        self.orm_batch_seconds.observe(seconds)
+        self.orm_judgements_per_second.set(len(scores) / max(seconds, 1e-9))
 
     def curriculum_weights(self, weights: dict[str, float]) -> None:
         for task, weight in weights.items():

@@ -4,14 +4,15 @@ The config's ``rewards`` list (``[{type, weight, ...}]``) becomes TRL's ``reward
 ``reward_weights``: TRL sums the weighted rewards per sample, then turns the sums into group
 advantages. A source reads the per-episode facts the rollout returns beside the token ids
 (``env_reward``, ``turns``, ``max_turns``, ``invalid_actions``, ``success``, ``task``, ``seed``,
-``dropped``) and returns one float per sample. Success (what evaluations and the step line count)
-is always the task's own verdict, whatever the training reward.
+``dropped``, and ``judge_input``: what an outcome reward model reads) and returns one float per
+sample. Success (what evaluations and the step line count) is always the task's own verdict,
+whatever the training reward.
 
 A dropped sample (infrastructure failure) must not move its group: every source gives it the
 mean of the played samples of its GRPO group (``group`` field), so its advantage is zero under
 every source and the others' advantages are what they would be without it.
 
-Add a source = a class here (or in its own module) with ``from_config`` and ``__call__`` + one
+Add a source = a class here (or in its own module) with ``score`` (or a batched ``score_all``) + one
 line in ``REWARDS`` + its config model in the ``RewardConfig`` union (services/trainer/config.py).
 """
 
@@ -32,21 +33,26 @@ class RewardSource:
         self.weight = weight
 
     @classmethod
-    def from_config(cls, config) -> RewardSource:
+    def from_config(cls, config, **_context: Any) -> RewardSource:
         return cls(weight=config.weight)
 
     def score(self, facts: dict[str, Any]) -> float:
         raise NotImplementedError
+
+    def score_all(self, facts: Sequence[dict[str, Any]]) -> list[float]:
+        """Every played sample's score; a source that batches (a model judge) overrides this."""
+        return [self.score(f) for f in facts]
 
     def __call__(self, completions: Sequence[Any] | None = None, **fields: Any) -> list[float]:
         count = len(fields["env_reward"])
         keys = [k for k, v in fields.items() if isinstance(v, list) and len(v) == count]
         dropped = fields.get("dropped") or [False] * count
         groups = fields.get("group") or list(range(count))
-        scores = [
-            None if dropped[i] else self.score({k: fields[k][i] for k in keys})
-            for i in range(count)
-        ]
+        played_at = [i for i in range(count) if not dropped[i]]
+        played_scores = self.score_all([{k: fields[k][i] for k in keys} for i in played_at])
+        scores: list[float | None] = [None] * count
+        for i, score in zip(played_at, played_scores, strict=True):
+            scores[i] = score
         played: dict[Any, list[float]] = {}
         for group, score in zip(groups, scores, strict=True):
             if score is not None:
@@ -91,10 +97,12 @@ REWARDS: Registry[RewardSource] = Registry(
         "task": "services.trainer.rewards:TaskReward",
         "invalid_action": "services.trainer.rewards:InvalidActionPenalty",
         "turn_cost": "services.trainer.rewards:TurnCost",
+        "orm": "services.trainer.orm.reward:OrmReward",
     },
 )
 
 
-def build_rewards(configs: Sequence) -> list[RewardSource]:
-    """The ``rewards`` list of the config, built (TRL takes them with their ``weight``s)."""
-    return [REWARDS.build(config) for config in configs]
+def build_rewards(configs: Sequence, **context: Any) -> list[RewardSource]:
+    """The ``rewards`` list of the config, built (TRL takes them with their ``weight``s);
+    ``context`` (``metrics``, ``cache_dir``) reaches the sources that use it."""
+    return [REWARDS.build(config, **context) for config in configs]

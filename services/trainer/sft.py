@@ -103,11 +103,16 @@ def sft_args(cfg: TrainerConfig, world: World = SINGLE):
 
 
 class SftProgress(TrainerCallback):
-    """One line per logged step: loss, accuracy on the action tokens, learning rate (and the
-    loss and step on ``/metrics``)."""
+    """One line per logged step: loss, accuracy on the trained tokens, learning rate (and the
+    loss and step on ``/metrics``). ``stage`` and ``tokens`` name them in the line (the ORM's
+    training trains answer tokens)."""
 
-    def __init__(self, metrics: TrainerMetrics | None = None) -> None:
+    def __init__(
+        self, metrics: TrainerMetrics | None = None, stage: str = "sft", tokens: str = "action"
+    ) -> None:
         self.metrics = metrics
+        self.stage = stage
+        self.tokens = tokens
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -115,8 +120,9 @@ class SftProgress(TrainerCallback):
                 self.metrics.sft_loss.set(logs["loss"])
                 self.metrics.sft_step.set(state.global_step)
             print(
-                f"sft step {state.global_step}/{state.max_steps} | loss {logs['loss']:.4f} | "
-                f"action-token accuracy {logs.get('mean_token_accuracy', 0.0):.3f} | "
+                f"{self.stage} step {state.global_step}/{state.max_steps} | "
+                f"loss {logs['loss']:.4f} | "
+                f"{self.tokens}-token accuracy {logs.get('mean_token_accuracy', 0.0):.3f} | "
                 f"lr {logs.get('learning_rate', 0.0):.2e}",
                 flush=True,
             )

@@ -7,6 +7,9 @@ gradient) and every reward source scores it with its group's mean over the playe
 its advantage is zero and it shifts no other sample's advantage. It is counted, never scored as
 a failure.
 
+``judge_input`` is what an outcome reward model reads of the episode (goal, annotated actions,
+final page; ``services/trainer/orm/``).
+
 ``behaviour_logprobs`` marks the tokens the off-policy correction reweights
 (``grpo_trainer.py``): per completion token, the log-prob its sampler returned where an older
 policy version than the one being trained sampled it; NaN where the token is on-policy, the
@@ -19,6 +22,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from services.trainer.orm.prompt import from_episode
 from services.trainer.rollout import Episode
 
 #: Per-episode facts beside the tokens (TRL passes them to the reward functions).
@@ -33,6 +37,7 @@ FACT_FIELDS = (
     "invalid_actions",
     "infra_retries",
     "dropped",
+    "judge_input",
 )
 
 
@@ -85,6 +90,7 @@ def to_trl_batch(
         out["invalid_actions"].append(ep.invalid_actions)
         out["infra_retries"].append(ep.infra_retries)
         out["dropped"].append(ep.dropped)
+        out["judge_input"].append(None if ep.dropped else from_episode(ep))
     return out
 
 

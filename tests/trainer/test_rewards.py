@@ -38,9 +38,11 @@ def episodes(encode) -> list[Episode]:
     ]
 
 
-def advantages(tiny_base_model, tmp_path, rewards: list[dict]) -> list[float]:
+def advantages(tiny_base_model, tmp_path, rewards: list[dict], make_group=None) -> list[float]:
+    """TRL's advantages of one GRPO group (``episodes`` unless ``make_group(encode)`` gives
+    another) under ``rewards``."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
-    group = episodes(lambda text: tokenizer.encode(text, add_special_tokens=False))
+    group = (make_group or episodes)(lambda text: tokenizer.encode(text, add_special_tokens=False))
     cfg = load_config(
         {
             "run": {"output_dir": str(tmp_path), "log_episodes": False},
