@@ -39,7 +39,7 @@ from services.common.settings import (
     read_yaml,
     set_dotted,
 )
-from services.env.config import EnvServerConfig, PageFolderFamilyConfig
+from services.env.config import EnvServerConfig, GeneratedFamilyConfig, PageFolderFamilyConfig
 from services.protocol.actions import SUBSETS
 from services.protocol.tasks import (
     MINIWOB,
@@ -494,7 +494,19 @@ class OrmRewardConfig(_Section):
     model: str = Field(
         ...,
         description="The ORM: a model folder, or a LoRA adapter folder over its base "
-        "(`python -m services.trainer orm train` writes <run>/orm/model).",
+        "(`python -m services.trainer orm train` writes <run>/orm/model). With `server`, "
+        "only its tokenizer is read here.",
+    )
+    server: str | None = Field(
+        None,
+        description="An inference service (vLLM) that serves the ORM: it scores the answer "
+        "token there instead of in this process (None: in process).",
+    )
+    served_name: str = Field(
+        "orm", description="The model name the server answers the ORM to (with `server`)."
+    )
+    api_key_env: str | None = Field(
+        None, description="Env var holding the server's bearer token, if any."
     )
     tasks: list[str] = Field(
         default_factory=list,
@@ -793,6 +805,33 @@ class SftConfig(_Section):
     )
 
 
+class TaskGenerationConfig(_Section):
+    """WebRL's self-evolving curriculum (services/trainer/task_generation.py): at every phase
+    boundary the failed pages seed new goals, kept when a probe puts them in the band."""
+
+    enabled: bool = Field(
+        False, description="Generate tasks at phase boundaries (grpo.phase_steps)."
+    )
+    goals_per_page: int = Field(2, ge=1, description="New goals written per failed page at most.")
+    max_candidates: int = Field(
+        8, ge=1, description="Goals probed per phase boundary at most (each costs probe episodes)."
+    )
+    probe_episodes: int = Field(
+        4, ge=1, description="Episodes the current policy plays per candidate to place it."
+    )
+    band: tuple[float, float] = Field(
+        (0.05, 0.75),
+        description="Kept when the probe's success rate lies in [low, high] (WebRL's band).",
+    )
+
+    @model_validator(mode="after")
+    def _band(self) -> TaskGenerationConfig:
+        low, high = self.band
+        if not 0 <= low <= high <= 1:
+            raise ValueError(f"task_generation.band must be 0 <= low <= high <= 1, got {self.band}")
+        return self
+
+
 class OrmConfig(_Section):
     """Training and measuring an outcome reward model: ``python -m services.trainer orm
     train|eval`` (services/trainer/orm/). Labelled trajectories come from any policy's
@@ -915,6 +954,10 @@ class TrainerConfig(_Section):
     orm: OrmConfig = Field(
         default_factory=OrmConfig, description="An outcome reward model (orm train|eval)."
     )
+    task_generation: TaskGenerationConfig = Field(
+        default_factory=TaskGenerationConfig,
+        description="New tasks at the edge of the policy's ability (WebRL's curriculum).",
+    )
     use_cpu: bool = Field(True, description="Train on CPU (no accelerator).")
 
     @model_validator(mode="after")
@@ -958,6 +1001,17 @@ class TrainerConfig(_Section):
             )
         if self.model.dtype != "float32" and self.use_cpu:
             raise ValueError("model.dtype must be float32 with use_cpu (bf16 training on CPU)")
+        if self.task_generation.enabled and not self.grpo.phase_steps:
+            raise ValueError(
+                "task_generation.enabled needs phases: set grpo.phase_steps (tasks are generated "
+                "at every phase boundary)"
+            )
+        if self.task_generation.enabled and self.rollout.max_staleness:
+            raise ValueError(
+                "task_generation.enabled with rollout.max_staleness > 0: the probes play with "
+                "the current policy at the phase boundary, while rollouts run ahead; use "
+                "max_staleness 0"
+            )
         sources = {reward.type for reward in self.rewards}
         if {"task", "orm"} <= sources:
             raise ValueError(
@@ -1019,12 +1073,25 @@ class TrainerConfig(_Section):
     def eval_tasks(self) -> list[str]:
         return list(dict.fromkeys(canonical_task(t) for t in self.eval.tasks or self.tasks.train))
 
+    @property
+    def task_pool_folder(self) -> Path:
+        """Where generated tasks and their history live (task_generation)."""
+        return self.run.output_dir / "task_pool"
+
     def local_pod_config(self) -> EnvServerConfig:
-        """Settings of the local env pods: the prompt's action subsets unless set."""
+        """Settings of the local env pods: the prompt's action subsets unless set, and the
+        generated tasks' family when task generation is on."""
         pod = self.env.local.pod
-        if "action_subsets" in pod.model_fields_set:
-            return pod
-        return pod.model_copy(update={"action_subsets": list(self.prompt.action_subsets)})
+        update: dict[str, Any] = {}
+        if "action_subsets" not in pod.model_fields_set:
+            update["action_subsets"] = list(self.prompt.action_subsets)
+        if self.task_generation.enabled:
+            pool = (self.task_pool_folder / "pool.jsonl").resolve()
+            update["task_families"] = [
+                *pod.task_families,
+                GeneratedFamilyConfig(pool=str(pool)),
+            ]
+        return pod.model_copy(update=update)
 
 
 def _format_errors(exc: ValidationError) -> str:

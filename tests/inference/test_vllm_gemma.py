@@ -77,3 +77,29 @@ def test_gemma_full_reload_changes_outputs_and_version(
     assert {g.policy_version for g in after} == {version}
     assert [g.token_ids for g in after] != [g.token_ids for g in before]
     assert_same_generations(after, generate_local(changed, tokenizer, prompts), atol=2e-2)
+
+
+def test_an_orm_adapter_scores_the_same_through_the_server_as_in_process(
+    server, client, gemma, tokenizer, tmp_path
+):
+    from services.trainer.orm.prompt import JudgeInput
+    from services.trainer.orm.remote import RemoteOrmScorer
+    from services.trainer.orm.scorer import OrmScorer
+
+    judge = random_lora(hf_model(gemma), target_modules=["q_proj", "v_proj"], seed=3, scale=0.1)
+    judge.save_pretrained(tmp_path / "orm")
+    version = client.status().version + 1
+    name = client.push_adapter_files(version, tmp_path / "orm").model
+    page = "RootWebArea 'Click Test'\n\t[13] button 'Submit'\n\t[14] button 'Cancel'"
+    items = [
+        JudgeInput("Click the Submit button.", ("click('13')  # button 'Submit'",), page),
+        JudgeInput("Click the Submit button.", ("click('14')  # button 'Cancel'",), page),
+        JudgeInput("Click the Cancel button.", (), page),
+    ]
+    remote = RemoteOrmScorer(server, name, tokenizer, batch_size=2)
+    try:
+        over_http = remote.scores(items)
+    finally:
+        remote.close()
+    in_process = OrmScorer(judge.merge_and_unload(), tokenizer).scores(items)
+    assert over_http == pytest.approx(in_process, abs=2e-2)

@@ -37,14 +37,19 @@ class OrmReward(RewardSource):
 
     @classmethod
     def from_config(cls, config, *, metrics=None, cache_dir=None, **_context: Any) -> OrmReward:
-        from services.trainer.orm.scorer import OrmScorer
+        if config.server:
+            from services.trainer.orm.remote import RemoteOrmScorer
 
-        scorer = OrmScorer.load(
-            config.model,
-            cache_dir=cache_dir,
-            page_tokens=config.page_tokens,
-            batch_size=config.batch_size,
-        )
+            scorer = RemoteOrmScorer.from_config(config, cache_dir=cache_dir)
+        else:
+            from services.trainer.orm.scorer import OrmScorer
+
+            scorer = OrmScorer.load(
+                config.model,
+                cache_dir=cache_dir,
+                page_tokens=config.page_tokens,
+                batch_size=config.batch_size,
+            )
         return cls(
             scorer,
             tasks=config.tasks,

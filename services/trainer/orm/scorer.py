@@ -8,7 +8,24 @@ from pathlib import Path
 from services.trainer.orm.prompt import JudgeInput, JudgePrompt
 
 
-class OrmScorer:
+class JudgeScorer:
+    """Scores judge inputs ``batch_size`` at a time; subclasses score one batch of token ids."""
+
+    prompt: JudgePrompt
+    batch_size: int
+
+    def scores(self, items: Sequence[JudgeInput]) -> list[float]:
+        rows = [self.prompt.ids(item) for item in items]
+        out: list[float] = []
+        for i in range(0, len(rows), self.batch_size):
+            out.extend(self.score_ids(rows[i : i + self.batch_size]))
+        return out
+
+    def score_ids(self, rows: Sequence[list[int]]) -> list[float]:
+        raise NotImplementedError
+
+
+class OrmScorer(JudgeScorer):
     """P(YES) / (P(YES) + P(NO)) at the answer position, for a batch of judge inputs.
 
     The verdict is YES when that score is at least 0.5, i.e. when the model puts more
@@ -30,13 +47,6 @@ class OrmScorer:
 
         model, tokenizer = load_for_generation(PolicySpec("orm", str(source)), cache_dir)
         return cls(model, tokenizer, page_tokens=page_tokens, batch_size=batch_size)
-
-    def scores(self, items: Sequence[JudgeInput]) -> list[float]:
-        rows = [self.prompt.ids(item) for item in items]
-        out: list[float] = []
-        for i in range(0, len(rows), self.batch_size):
-            out.extend(self.score_ids(rows[i : i + self.batch_size]))
-        return out
 
     def score_ids(self, rows: Sequence[list[int]]) -> list[float]:
         """Scores of prompts given as token ids (``JudgePrompt.ids``), one batch, left-padded so
