@@ -59,8 +59,24 @@ class PageFolderFamilyConfig(BaseModel):
     folder: str = Field(..., description="Folder whose sub-folders (with task.yaml) are tasks.")
 
 
+class GeneratedFamilyConfig(BaseModel):
+    """A curriculum's generated tasks on MiniWoB pages (families/generated.py), ``gen.<id>``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["generated"] = "generated"
+    pool: str = Field(
+        ..., description="The pool file the trainer writes (re-read whenever it changes)."
+    )
+    base_url: str | None = Field(
+        default=None,
+        description="Base URL of the MiniWoB pages (trailing slash); None: the `miniwob` package.",
+    )
+
+
 TaskFamilyConfig = Annotated[
-    MiniWoBFamilyConfig | PageFolderFamilyConfig, Field(discriminator="type")
+    MiniWoBFamilyConfig | PageFolderFamilyConfig | GeneratedFamilyConfig,
+    Field(discriminator="type"),
 ]
 
 

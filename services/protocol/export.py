@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from services.protocol import actions, env, inference, trajectory
+from services.protocol import actions, env, generated, inference, trajectory
 
 
 def _bundle(title: str, version: str, models: dict[str, type[BaseModel]], **extra) -> dict:
@@ -51,6 +51,12 @@ def contract() -> dict[str, dict]:
             "Trajectory records: one played episode per JSON line, in part-NNNNN.jsonl shards",
             trajectory.TRAJECTORY_FORMAT,
             {"Trajectory": trajectory.Trajectory, "TurnRecord": trajectory.TurnRecord},
+        ),
+        "generated.schema.json": _bundle(
+            "Generated tasks: the curriculum's pool file, one task per JSON line, served by the "
+            "env pods as gen.<id>",
+            f"{generated.GENERATED}/1",
+            {"GeneratedTask": generated.GeneratedTask, "GoalCheck": generated.GoalCheck},
         ),
         "inference.schema.json": _bundle(
             "Inference service: policy-update protocol beside vLLM's OpenAI-compatible API",

@@ -65,6 +65,11 @@ class Curriculum:
         """The step's requests with each group's task chosen (here: the dataset's)."""
         return list(requests)
 
+    def add_tasks(self, tasks: Sequence[str]) -> None:
+        """Tasks that join while training runs (generated ones): unseen, so p = 0.5 at first."""
+        for task in tasks:
+            self._outcomes.setdefault(task, deque(maxlen=self.window))
+
     def record(self, episodes: Sequence[Episode]) -> None:
         for episode in episodes:
             if not episode.dropped and episode.task in self._outcomes:

@@ -234,11 +234,10 @@ def build_training(
     trainer.correct_off_policy = cfg.rollout.correction == "behaviour"
     if cfg.replay.enabled:
         trainer.replay_term = replay_term(cfg, buffer, trainer, world)
-    trainer.add_callback(
-        PhaseReference(
-            trainer, cfg.grpo.phase_steps, on_phase_start=[buffer.rescore] if buffer else []
-        )
-    )
+    on_phase_start = [buffer.rescore] if buffer else []
+    if rollout is not None and rollout.task_generation is not None:
+        on_phase_start.append(rollout.task_generation.phase_started)
+    trainer.add_callback(PhaseReference(trainer, cfg.grpo.phase_steps, on_phase_start))
     trainer.remove_callback(ProgressCallback)
     progress = curriculum_checkpoint = None
     if rollout is not None:

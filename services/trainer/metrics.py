@@ -114,6 +114,16 @@ class TrainerMetrics(RolloutObserver):
             "Episodes judged per second in the last step's judgement.",
             registry=r,
         )
+        self.generated_tasks = Counter(
+            "trainer_generated_tasks_total",
+            "Generated task candidates by fate (kept|too_easy|too_hard|broken) at phase "
+            "boundaries (task_generation).",
+            ["fate"],
+            registry=r,
+        )
+        self.task_pool = Gauge(
+            "trainer_task_pool_size", "Generated tasks in the curriculum's pool.", registry=r
+        )
         self.grad_norm = Gauge("trainer_grad_norm", "Gradient norm of the last step.", registry=r)
         self.step_seconds = Histogram(
             "trainer_step_seconds",
@@ -204,6 +214,12 @@ class TrainerMetrics(RolloutObserver):
         self.orm_judgements.labels("no").inc(len(scores) - yes)
         self.orm_batch_seconds.observe(seconds)
         self.orm_judgements_per_second.set(len(scores) / max(seconds, 1e-9))
+
+    def tasks_generated(self, fates: dict[str, int], pool: int) -> None:
+        """One phase boundary's generated candidates, by fate, and the pool's size after."""
+        for fate, count in fates.items():
+            self.generated_tasks.labels(fate).inc(count)
+        self.task_pool.set(pool)
 
     def curriculum_weights(self, weights: dict[str, float]) -> None:
         for task, weight in weights.items():

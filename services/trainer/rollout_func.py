@@ -36,6 +36,7 @@ from services.trainer.progress import StepStats
 from services.trainer.replay import ReplayBuffer
 from services.trainer.rollout import Episode, EpisodeRequest
 from services.trainer.stack import RolloutStack
+from services.trainer.task_generation import TaskGeneration
 from services.trainer.trajectories import TrajectoryWriter
 from services.trainer.trl_batch import to_trl_batch
 from services.trainer.trl_compat import log_step_metrics
@@ -101,6 +102,18 @@ class BrowserRollout:
         )
         self._ahead: deque[_Rollout] = deque()
         self._latest: _Rollout | None = None
+        self.task_generation = (
+            TaskGeneration(
+                cfg.task_generation,
+                cfg.task_pool_folder,
+                play=stack.play,
+                add_tasks=curriculum.add_tasks,
+                seed=cfg.run.seed,
+                metrics=metrics,
+            )
+            if cfg.task_generation.enabled
+            else None
+        )
 
     def __call__(self, prompts: list[Any], trainer) -> dict:
         step = trainer.state.global_step
@@ -115,6 +128,8 @@ class BrowserRollout:
             self._ahead.append(self._start(prompts, step + len(self._ahead) + 1))
         seconds = (rollout.finished or time.perf_counter()) - rollout.started
         self.curriculum.record(episodes)
+        if self.task_generation is not None:
+            self.task_generation.observe(episodes)
         self.last = StepStats.of(episodes, seconds, waited, rollout.idle_before)
         self.metrics.rollout_done(episodes, self.last)
         weights = self.curriculum.weights()

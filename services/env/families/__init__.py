@@ -23,6 +23,7 @@ FAMILIES: Registry[TaskFamily] = Registry(
     {
         "miniwob": "services.env.families.miniwob:MiniWoBFamily",
         "pages": "services.env.families.pages:PageFolderFamily",
+        "generated": "services.env.families.generated:GeneratedFamily",
     },
 )
 
@@ -39,11 +40,14 @@ def build_families(configs: Sequence) -> list[TaskFamily]:
 
 
 class TaskCatalog:
-    """Every task of the pod's families, restricted to the allow-list, by canonical name."""
+    """Every task of the pod's families, restricted to the allow-list, by canonical name.
+
+    A family whose tasks change while the pod runs (``dynamic``: generated tasks) is asked
+    each time and served whole; the allow-list restricts the others."""
 
     def __init__(self, families: Sequence[TaskFamily], allowed: Sequence[str] | None = None):
         self.families = {family.name: family for family in families}
-        served = {qualified_name(f.name, t) for f in families for t in f.tasks()}
+        served = self._served(dynamic=False)
         names = served if allowed is None else [canonical_task(n) for n in allowed]
         unknown = sorted(n for n in names if n not in served)
         if unknown:
@@ -51,7 +55,19 @@ class TaskCatalog:
                 f"allow-list names unknown task(s) {unknown}; families served: "
                 f"{', '.join(self.families)}"
             )
-        self.allowed: tuple[str, ...] = tuple(sorted(dict.fromkeys(names)))
+        self._static: tuple[str, ...] = tuple(sorted(dict.fromkeys(names)))
+
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        return (*self._static, *sorted(self._served(dynamic=True)))
+
+    def _served(self, *, dynamic: bool) -> set[str]:
+        return {
+            qualified_name(f.name, t)
+            for f in self.families.values()
+            if getattr(f, "dynamic", False) == dynamic
+            for t in f.tasks()
+        }
 
     def resolve(self, name: str) -> str:
         """The canonical name of ``name`` ('miniwob.click-test' → 'click-test'), if served."""

@@ -1,0 +1,264 @@
+"""WebRL's self-evolving curriculum: at each phase boundary, the pages the policy failed seed new
+goals "in breadth", and a probe keeps those at the edge of its ability.
+
+- **Generation.** The ``programmatic`` generator writes goals from a failed page's own elements
+  (as the policy saw them on its first turn): click the button/link/tab/option (or clickable
+  text) labelled L, type V into the field labelled F, tick the boxes X and Y. Each comes with a
+  check over the page (the ``gen`` family, ``services/env/families/generated.py``), so its reward
+  stays exact. A label that two elements of the same role share is skipped (the goal would be
+  ambiguous).
+- **Band filter (the critic).** Each candidate is played ``probe_episodes`` times by the current
+  policy at the training temperature; it is kept when its success rate lies in ``band`` (WebRL:
+  0.05 to 0.75): neither solved already nor hopeless. A probe measures exactly what the band
+  asks, on this policy, where a learned critic would predict it (WebRL's critic reads the initial
+  page; none is trained here). With 4 probes the kept rates are 0.25, 0.5 and 0.75. A candidate
+  whose page cannot be set up or checked is dropped and counted, never scored as a failure.
+- **Pool.** Kept tasks go to ``<run>/task_pool/pool.jsonl`` (which the env pods serve as
+  ``gen.<id>``) and join the curriculum beside the original tasks. ``state.json`` beside it has
+  the counts per phase (generated, kept, dropped and why; success of original and generated
+  tasks), so a resumed run continues with its pool and history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.protocol import axtree as tree
+from services.protocol.generated import GENERATED, GeneratedTask, GoalCheck, read_pool, write_pool
+from services.protocol.tasks import task_family
+from services.trainer.rollout import Episode, EpisodeRequest
+
+log = logging.getLogger(__name__)
+
+POOL_FILE = "pool.jsonl"
+STATE_FILE = "state.json"
+#: Roles a click goal may name, and how the goal calls them.
+CLICK_ROLES = {
+    "button": "button",
+    "link": "link",
+    "tab": "tab",
+    "radio": "option",
+    "menuitem": "menu item",
+    "treeitem": "item",
+}
+TYPED_ROLES = frozenset({"textbox", "searchbox"})
+FILL_WORDS = ("apple", "river", "Lisbon", "orange", "Maria", "42", "blue", "tiger")
+MAX_LABEL = 40
+
+
+@dataclass(frozen=True)
+class FailedPage:
+    """A page the policy failed: its task, seed, goal and first observation."""
+
+    task: str
+    seed: int
+    goal: str
+    page: str
+
+
+def programmatic_goals(
+    failed: FailedPage, *, per_page: int, rng: random.Random, phase: int = 0
+) -> list[GeneratedTask]:
+    """Up to ``per_page`` new goals over ``failed``'s elements (see the module docstring)."""
+    found = [e for e in tree.elements(failed.page) if 0 < len(e.label) <= MAX_LABEL]
+    labels = Counter((e.role, e.label) for e in found)
+    unique = [e for e in found if labels[(e.role, e.label)] == 1]
+    candidates: list[tuple[str, GoalCheck]] = []
+    for e in unique:
+        if e.role in CLICK_ROLES:
+            goal = f'Click the {CLICK_ROLES[e.role]} "{e.label}".'
+            candidates.append((goal, GoalCheck(kind="click", bids=[e.bid])))
+        elif e.role == "generic" and e.flag("clickable"):  # MiniWoB's links, widgets
+            candidates.append((f'Click on "{e.label}".', GoalCheck(kind="click", bids=[e.bid])))
+        elif e.role in TYPED_ROLES:
+            word = rng.choice(FILL_WORDS)
+            candidates.append(
+                (
+                    f'Type "{word}" into the field "{e.label}".',
+                    GoalCheck(kind="fill", bids=[e.bid], value=word),
+                )
+            )
+    boxes = [e for e in unique if e.role == "checkbox"]
+    if len(boxes) >= 2:
+        picked = sorted(rng.sample(boxes, k=min(len(boxes) - 1, 2)), key=lambda e: e.bid)
+        names = " and ".join(f'"{e.label}"' for e in picked)
+        check = GoalCheck(kind="check", bids=[e.bid for e in picked])
+        candidates.append((f"Select {names} and nothing else, then stop.", check))
+    chosen = rng.sample(candidates, k=min(per_page, len(candidates)))
+    return [
+        GeneratedTask(
+            id=_task_id(failed, check),
+            base_task=failed.task,
+            seed=failed.seed,
+            goal=goal,
+            check=check,
+            generator="programmatic",
+            parent_goal=failed.goal,
+            phase=phase,
+        )
+        for goal, check in chosen
+    ]
+
+
+def _task_id(failed: FailedPage, check: GoalCheck) -> str:
+    key = json.dumps([failed.task, failed.seed, check.model_dump(mode="json")], sort_keys=True)
+    return f"{failed.task}-{failed.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def _example(task: GeneratedTask) -> dict[str, Any]:
+    """A kept task as the phase history shows it: goal, check, page, the goal it came from."""
+    return {
+        "goal": task.goal,
+        "check": task.check.model_dump(mode="json") if task.check else None,
+        "page": f"{task.base_task} seed {task.seed}",
+        "parent_goal": task.parent_goal,
+    }
+
+
+def band_verdict(successes: int, played: int, band: tuple[float, float]) -> str:
+    """'kept', 'too_easy', 'too_hard' or 'broken' (no episode could be played)."""
+    if played == 0:
+        return "broken"
+    rate = successes / played
+    low, high = band
+    return "kept" if low <= rate <= high else ("too_easy" if rate > high else "too_hard")
+
+
+class TaskGeneration:
+    """The pool, its generation at phase boundaries and its history (module docstring).
+
+    ``play`` plays requests with the current policy (the rollout stack); ``add_tasks`` hands
+    kept tasks to the curriculum."""
+
+    def __init__(
+        self,
+        config,
+        folder: Path,
+        play: Callable[[list[EpisodeRequest]], list[Episode]],
+        add_tasks: Callable[[Sequence[str]], None],
+        *,
+        seed: int = 0,
+        metrics=None,
+    ) -> None:
+        self.config = config
+        self.folder = Path(folder)
+        self.play = play
+        self.add_tasks = add_tasks
+        self.metrics = metrics
+        self._rng = random.Random(seed)
+        self.pool: list[GeneratedTask] = read_pool(self.folder / POOL_FILE)
+        self.history: list[dict[str, Any]] = self._read_history()
+        self.phase = len(self.history)
+        self._failed: dict[tuple[str, int], FailedPage] = {}
+        self._outcomes: Counter[tuple[str, bool]] = Counter()
+        if self.pool:
+            self.add_tasks([t.name for t in self.pool])
+            log.info("task pool: %d generated tasks resumed from %s", len(self.pool), self.folder)
+
+    @property
+    def pool_file(self) -> Path:
+        return self.folder / POOL_FILE
+
+    def observe(self, episodes: Sequence[Episode]) -> None:
+        """A step's episodes: failed original pages seed the next generation; success counts
+        per kind of task go into the phase's history."""
+        for episode in episodes:
+            if episode.dropped:
+                continue
+            generated = task_family(episode.task) == GENERATED
+            self._outcomes[("generated" if generated else "original", episode.success)] += 1
+            if not generated and not episode.success and episode.turn_log:
+                key = (episode.task, episode.seed)
+                page = episode.turn_log[0].observation
+                self._failed[key] = FailedPage(episode.task, episode.seed, episode.goal, page)
+
+    def phase_started(self, _model=None) -> None:
+        """At a phase boundary (``PhaseReference``): close the last phase's record, generate
+        from its failures, probe, keep what is in the band."""
+        if not self._failed and not self._outcomes:
+            return  # the first phase: nothing played yet
+        self.phase += 1
+        record = {"phase": self.phase, **self._success_record()}
+        candidates = self._candidates()
+        fates = self._probe(candidates) if candidates else {}
+        kept = [t for t in candidates if fates.get(t.id) == "kept"]
+        self.pool.extend(kept)
+        write_pool(self.pool_file, self.pool)
+        if kept:
+            self.add_tasks([t.name for t in kept])
+        counts = Counter(fates.values())
+        record.update(
+            failed_pages=len(self._failed),
+            generated=len(candidates),
+            **{fate: counts[fate] for fate in ("kept", "too_easy", "too_hard", "broken")},
+            pool=len(self.pool),
+            examples=[_example(t) for t in kept[:3]],
+        )
+        self.history.append(record)
+        self._write_history()
+        if self.metrics is not None:
+            self.metrics.tasks_generated(counts, len(self.pool))
+        log.info(
+            "task generation after phase %d: %d failed pages -> %d goals; kept %d, too easy %d, "
+            "too hard %d, broken %d; pool %d",
+            self.phase, len(self._failed), len(candidates), counts["kept"], counts["too_easy"],
+            counts["too_hard"], counts["broken"], len(self.pool),
+        )  # fmt: skip
+        self._failed.clear()
+        self._outcomes.clear()
+
+    def _success_record(self) -> dict[str, Any]:
+        out = {}
+        for kind in ("original", "generated"):
+            played = self._outcomes[(kind, True)] + self._outcomes[(kind, False)]
+            out[f"{kind}_episodes"] = played
+            out[f"{kind}_success"] = self._outcomes[(kind, True)] / played if played else None
+        return out
+
+    def _candidates(self) -> list[GeneratedTask]:
+        known = {t.id for t in self.pool}
+        pages = list(self._failed.values())
+        self._rng.shuffle(pages)
+        out: list[GeneratedTask] = []
+        for page in pages:
+            goals = programmatic_goals(
+                page, per_page=self.config.goals_per_page, rng=self._rng, phase=self.phase
+            )
+            for task in goals:
+                if task.id not in known and len(out) < self.config.max_candidates:
+                    known.add(task.id)
+                    out.append(task)
+        return out
+
+    def _probe(self, candidates: Sequence[GeneratedTask]) -> dict[str, str]:
+        """Each candidate's fate: play it ``probe_episodes`` times with the current policy.
+        The pods must know the candidates first: they are written to the pool file for the probe
+        and taken out again unless kept."""
+        write_pool(self.pool_file, [*self.pool, *candidates])
+        k = self.config.probe_episodes
+        requests = [EpisodeRequest(t.name, t.seed) for t in candidates for _ in range(k)]
+        episodes = self.play(requests)
+        fates = {}
+        for i, task in enumerate(candidates):
+            played = [e for e in episodes[i * k : (i + 1) * k] if not e.dropped]
+            successes = sum(e.success for e in played)
+            fates[task.id] = band_verdict(successes, len(played), tuple(self.config.band))
+        return fates
+
+    def _read_history(self) -> list[dict[str, Any]]:
+        path = self.folder / STATE_FILE
+        return json.loads(path.read_text())["phases"] if path.is_file() else []
+
+    def _write_history(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        temporary = self.folder / f".{STATE_FILE}.tmp"
+        temporary.write_text(json.dumps({"phases": self.history}, indent=2))
+        temporary.replace(self.folder / STATE_FILE)

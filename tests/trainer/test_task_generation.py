@@ -1,0 +1,220 @@
+"""WebRL's self-evolving curriculum: goals written from a failed page's elements, checked on real
+pages by the ``gen`` family, the band filter, and a pool that survives a restart."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from transformers import AutoTokenizer
+
+from services.env.families.generated import GeneratedFamily
+from services.protocol import axtree
+from services.protocol.generated import GeneratedTask, GoalCheck, read_pool, write_pool
+from services.trainer.config import ConfigError, load_config
+from services.trainer.discovery import StaticDiscovery
+from services.trainer.generation.scripted import ScriptedBackend
+from services.trainer.rollout import Episode, EpisodeRequest, Turn
+from services.trainer.stack import RolloutStack
+from services.trainer.task_generation import (
+    FailedPage,
+    TaskGeneration,
+    band_verdict,
+    programmatic_goals,
+)
+
+PAGE = (
+    "RootWebArea 'Click Button Task', focused\n"
+    "\t[10] textbox 'Name'\n"
+    "\t[11] button 'Yes'\n"
+    "\t[12] button 'No'\n"
+    "\t[13] button 'Yes'\n"  # a label that names two elements: never a goal
+    "\t[14] link 'Home'\n"
+    "\t[15] checkbox 'red'\n"
+    "\t[16] checkbox 'blue'\n"
+    "\t[17] checkbox 'green'\n"
+    "\t[18] LabelText 'green'\n"  # shares its box's label: another role, no clash
+    "\t[19] generic, clickable=True\n"
+    "\t\tStaticText 'lacus'\n"
+)
+
+
+def test_goals_come_from_the_pages_own_elements_and_skip_ambiguous_labels():
+    failed = FailedPage("click-button", 7, "Click on the Submit button.", PAGE)
+    goals = programmatic_goals(failed, per_page=20, rng=random.Random(0), phase=2)
+    by_kind = {g.check.kind: g for g in goals}
+    assert {g.goal for g in goals if g.check.kind == "click"} == {
+        'Click the button "No".',
+        'Click the link "Home".',
+        'Click on "lacus".',
+    }
+    assert (
+        by_kind["fill"].check.bids == ["10"] and by_kind["fill"].check.value in by_kind["fill"].goal
+    )
+    assert len(by_kind["check"].check.bids) == 2 and by_kind["check"].goal.startswith("Select")
+    assert all(g.base_task == "click-button" and g.seed == 7 and g.phase == 2 for g in goals)
+    assert all(g.parent_goal == failed.goal for g in goals)
+    again = programmatic_goals(failed, per_page=20, rng=random.Random(0), phase=2)
+    assert [g.id for g in again] == [g.id for g in goals]  # same page, same goal: same id
+    assert len(programmatic_goals(failed, per_page=2, rng=random.Random(1))) == 2
+
+
+def test_the_band_keeps_goals_the_policy_solves_sometimes():
+    band = (0.05, 0.75)
+    assert band_verdict(0, 4, band) == "too_hard"
+    assert band_verdict(1, 4, band) == band_verdict(3, 4, band) == "kept"
+    assert band_verdict(4, 4, band) == "too_easy"
+    assert band_verdict(0, 0, band) == "broken"  # every probe dropped: the page failed
+
+
+def failed_episode(task: str, seed: int) -> Episode:
+    return Episode(task, seed, outcome="failure", goal="Click on No.",
+                   turn_log=[Turn(PAGE, "click('11')", 0, 0)])  # fmt: skip
+
+
+def fake_probe(pool_file, successes_by_kind: dict[str, int]):
+    """Plays each probe request: of a task's probes, the first ``successes_by_kind[kind]``
+    succeed (the kind read from the pool file, as a pod would); a fill goal's page is broken
+    (every episode dropped)."""
+    seen: Counter[str] = Counter()
+
+    def play(requests: list[EpisodeRequest]) -> list[Episode]:
+        kinds = {t.name: t.check.kind for t in read_pool(pool_file)}
+        out = []
+        for request in requests:
+            seen[request.task] += 1
+            kind = kinds[request.task]
+            if kind == "fill":
+                out.append(Episode(request.task, request.seed, outcome="dropped"))
+                continue
+            ok = seen[request.task] <= successes_by_kind[kind]
+            out.append(Episode(request.task, request.seed, outcome="success" if ok else "failure"))
+        return out
+
+    return play
+
+
+def generation(tmp_path, play, added: list[str], **overrides) -> TaskGeneration:
+    config = load_config(
+        {
+            "model": {"source": "unused"},
+            "tasks": {"train": ["click-button"]},
+            "env": {"discovery": {"endpoints": ["http://unused:1"]}},
+            "grpo": {"max_steps": 8, "phase_steps": 2},
+            "metrics": {"port": None},
+            "task_generation": {"enabled": True, "goals_per_page": 5, "max_candidates": 10,
+                                **overrides},
+        }
+    ).task_generation  # fmt: skip
+    return TaskGeneration(config, tmp_path / "task_pool", play, added.extend)
+
+
+def test_a_phase_boundary_probes_new_goals_keeps_the_band_and_a_restart_resumes_the_pool(
+    tmp_path,
+):
+    play = fake_probe(tmp_path / "task_pool" / "pool.jsonl", {"click": 2, "check": 4})
+    added: list[str] = []
+    gen = generation(tmp_path, play, added)
+    gen.phase_started()  # the first phase starts: nothing played yet
+    assert gen.history == [] and not gen.pool_file.exists()
+    gen.observe([failed_episode("click-button", 3), Episode("click-button", 4, outcome="success")])
+    gen.phase_started()
+    (record,) = gen.history
+    assert record["phase"] == 1 and record["failed_pages"] == 1
+    assert record["original_success"] == 0.5 and record["generated_episodes"] == 0
+    assert record["generated"] == 5  # 3 clicks, a fill, a tick
+    assert record["kept"] == 3 and record["too_easy"] == 1 and record["broken"] == 1
+    assert {t.check.kind for t in gen.pool} == {"click"} and [t.name for t in gen.pool] == added
+    assert record["pool"] == 3
+    assert record["examples"][0]["page"] == "click-button seed 3"
+
+    resumed_into: list[str] = []
+    resumed = generation(tmp_path, play, resumed_into)
+    assert resumed_into == added and resumed.phase == 1 and resumed.history == gen.history
+    assert GeneratedFamily(gen.pool_file).tasks() == tuple(sorted(t.id for t in gen.pool))
+
+
+def test_task_generation_needs_phases_and_synchronous_rollouts():
+    base = {
+        "model": {"source": "unused"},
+        "tasks": {"train": ["click-button"]},
+        "env": {"discovery": {"endpoints": ["http://unused:1"]}},
+        "metrics": {"port": None},
+        "task_generation": {"enabled": True},
+    }
+    with pytest.raises(ConfigError, match="needs phases"):
+        load_config({**base, "grpo": {"max_steps": 4}})
+    with pytest.raises(ConfigError, match="band"):
+        load_config({**base, "grpo": {"max_steps": 4, "phase_steps": 2},
+                     "task_generation": {"enabled": True, "band": [0.8, 0.2]}})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pool_pods(tmp_path_factory):
+    """One env pod serving MiniWoB and the generated tasks of a pool file (written by tests)."""
+    from services.env.local import start_local_env_pods
+
+    pool = tmp_path_factory.mktemp("pool") / "pool.jsonl"
+    families = [{"type": "miniwob"}, {"type": "generated", "pool": str(pool)}]
+    with start_local_env_pods(
+        1, max_sessions=4, ready_timeout_s=300, task_families=families,
+        action_subsets=["miniwob_liu18"],
+    ) as urls:  # fmt: skip
+        yield urls, pool
+
+
+def play(cfg, tokenizer, urls, requests, replies=None, demonstrate=False) -> list[Episode]:
+    backend = ScriptedBackend(tokenizer, list(replies or []))
+    stack = RolloutStack(cfg, tokenizer, backend, StaticDiscovery(urls), demonstrate=demonstrate)
+    try:
+        return stack.play(requests)
+    finally:
+        stack.close()
+
+
+@pytest.mark.chromium
+def test_generated_goals_are_checked_on_the_real_page(pool_pods, tiny_base_model, tmp_path):
+    urls, pool = pool_pods
+    cfg = load_config(
+        {
+            "model": {"source": str(tiny_base_model)},
+            "tasks": {"train": ["click-checkboxes"], "max_turns": 4},
+            "env": {"discovery": {"endpoints": urls}},
+            "prompt": {"action_subsets": ["miniwob_liu18"]},
+            "grpo": {"max_steps": 1},
+            "metrics": {"port": None},
+        }
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
+    (seen,) = play(cfg, tokenizer, urls, [EpisodeRequest("click-checkboxes", 5)], ["noop()"])
+    failed = FailedPage("click-checkboxes", 5, seen.goal, seen.turn_log[0].observation)
+    goals = programmatic_goals(failed, per_page=50, rng=random.Random(0))
+    click = next(g for g in goals if g.check.kind == "click")
+    ticks = next(g for g in goals if g.check.kind == "check")
+    wrong = click.model_copy(update={"id": "wrong-click"})
+    broken = GeneratedTask(
+        id="broken",
+        base_task="click-checkboxes",
+        seed=5,
+        goal="Click it.",
+        check=GoalCheck(kind="click", bids=["9999"]),
+        generator="programmatic",
+    )
+    write_pool(pool, [click, ticks, wrong, broken])  # fmt: skip
+    other = next(
+        e.bid
+        for e in axtree.elements(failed.page)
+        if e.role == "checkbox" and e.bid != click.check.bids[0]
+    )
+
+    solved, demonstrated, missed, dropped = (
+        play(cfg, tokenizer, urls, [EpisodeRequest(click.name, 0)], click.check.solution())[0],
+        play(cfg, tokenizer, urls, [EpisodeRequest(ticks.name, 0)], demonstrate=True)[0],
+        play(cfg, tokenizer, urls, [EpisodeRequest(wrong.name, 0)], [f"click('{other}')"])[0],
+        play(cfg, tokenizer, urls, [EpisodeRequest(broken.name, 0)], ["noop()"])[0],
+    )
+    assert solved.success and solved.reward == 1.0 and solved.goal == click.goal
+    assert demonstrated.success and demonstrated.turns == len(ticks.check.bids)  # a click a box
+    assert missed.outcome == "failure" and missed.reward == 0.0 and missed.turns == 1
+    assert dropped.dropped and "not on the page" in dropped.drop_reason
