@@ -3,6 +3,7 @@ pages by the ``gen`` family, the band filter, and a pool that survives a restart
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 
@@ -218,3 +219,44 @@ def test_generated_goals_are_checked_on_the_real_page(pool_pods, tiny_base_model
     assert demonstrated.success and demonstrated.turns == len(ticks.check.bids)  # a click a box
     assert missed.outcome == "failure" and missed.reward == 0.0 and missed.turns == 1
     assert dropped.dropped and "not on the page" in dropped.drop_reason
+
+
+@pytest.mark.chromium
+@pytest.mark.slow
+def test_grpo_generates_tasks_at_phase_boundaries_and_trains_on_them(tiny_base_model, tmp_path):
+    from services.env.local import start_local_env_pods
+    from tests.trainer.conftest import train
+
+    cfg = load_config(
+        {
+            "run": {"output_dir": str(tmp_path / "run")},
+            "model": {"source": str(tiny_base_model)},
+            "tasks": {"train": ["click-button"], "max_turns": 2},
+            "curriculum": {"type": "learnability"},
+            "env": {"discovery": {"endpoints": ["http://unused:1"]}},
+            "prompt": {"action_subsets": ["miniwob_liu18"]},
+            "generation": {"max_new_tokens": 6, "temperature": 1.0, "batch_wait_ms": 100},
+            "lora": {"enabled": False},
+            "grpo": {"max_steps": 3, "phase_steps": 1, "prompts_per_step": 2,
+                     "num_generations": 2, "micro_batch_size": 2},
+            "task_generation": {"enabled": True, "max_candidates": 3, "probe_episodes": 2,
+                                "band": [0.0, 1.0]},  # keep whatever could be played
+            "checkpoint": {"save_steps": 100},
+            "metrics": {"port": None},
+        }
+    )  # fmt: skip
+    pod = cfg.local_pod_config()
+    assert pod.task_families[-1].pool == str((tmp_path / "run/task_pool/pool.jsonl").resolve())
+    families = [f.model_dump() for f in pod.task_families]
+    with start_local_env_pods(1, max_sessions=4, task_families=families,
+                              action_subsets=["miniwob_liu18"]) as urls:  # fmt: skip
+        training, _ = train(cfg, tiny_base_model, urls)
+    history = json.loads((tmp_path / "run/task_pool/state.json").read_text())["phases"]
+    assert [p["phase"] for p in history] == [1, 2]  # boundaries after steps 1 and 2
+    first = history[0]
+    assert first["generated"] == 3 and first["kept"] + first["broken"] == 3
+    pool = read_pool(tmp_path / "run/task_pool/pool.jsonl")
+    assert len(pool) == first["kept"] + history[1]["kept"] > 0
+    assert training.metrics.registry.get_sample_value("trainer_task_pool_size") == len(pool)
+    assert history[1]["generated_episodes"] > 0  # step 2's curriculum drew generated tasks
+    assert all(t.name in training.rollout.curriculum.weights() for t in pool)
