@@ -277,7 +277,46 @@ INFERENCE = [
     ),
 ]
 
-ROWS = [("Env pods", ENV), ("Trainer", TRAINER), ("Inference (vLLM)", INFERENCE)]
+WEBRL = [
+    Panel(
+        "Outcome reward model: judgements/s and YES rate",
+        [
+            (f"sum(rate(trainer_orm_judgements_total{{{NS}}}[{RATE}]))", "judgements/s"),
+            (
+                f'sum(rate(trainer_orm_judgements_total{{verdict="yes",{NS}}}[{RATE}])) / '
+                f"sum(rate(trainer_orm_judgements_total{{{NS}}}[{RATE}]))",
+                "YES rate",
+            ),
+        ],
+        description="Episodes the ORM reward source judged (rewards: type orm). A YES rate far "
+        "from the checker's success rate on checked tasks is a judge to distrust.",
+    ),
+    Panel(
+        "Outcome reward model: seconds per step's judgement",
+        [
+            (quantile(0.5, "trainer_orm_batch_seconds"), "p50"),
+            (quantile(0.95, "trainer_orm_batch_seconds"), "p95"),
+        ],
+        unit="s",
+    ),
+    Panel(
+        "Generated tasks: pool and fates",
+        [
+            (f"max(trainer_task_pool_size{{{NS}}})", "pool"),
+            (f"sum by (fate) (trainer_generated_tasks_total{{{NS}}})", "{{fate}}"),
+        ],
+        description="task_generation: goals written from failed pages at each phase boundary; "
+        "kept when the probe's success rate is in the band, else too easy, too hard or broken "
+        "(their page could not be set up or checked).",
+    ),
+]
+
+ROWS = [
+    ("Env pods", ENV),
+    ("Trainer", TRAINER),
+    ("WebRL: outcome reward model and generated tasks", WEBRL),
+    ("Inference (vLLM)", INFERENCE),
+]
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
