@@ -26,6 +26,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 GENERATED = "gen"
+#: Ids of goals a language model wrote (no check: the ORM judges them), e.g. ``gen.lm-...``.
+LM_TASK_PREFIX = "lm-"
 CheckKind = Literal["click", "fill", "check"]
 Generator = Literal["programmatic", "lm"]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
@@ -41,6 +42,7 @@ from services.common.settings import (
 )
 from services.env.config import EnvServerConfig, GeneratedFamilyConfig, PageFolderFamilyConfig
 from services.protocol.actions import SUBSETS
+from services.protocol.generated import GENERATED, LM_TASK_PREFIX
 from services.protocol.tasks import (
     MINIWOB,
     UnknownTaskError,
@@ -510,8 +512,9 @@ class OrmRewardConfig(_Section):
     )
     tasks: list[str] = Field(
         default_factory=list,
-        description="Tasks the ORM judges; on the others this source gives the checker's reward, "
-        "so it replaces the 'task' source (a config lists one of the two). Empty: all tasks.",
+        description="Tasks the ORM judges (names or patterns: 'gen.lm-*', the lm generator's "
+        "goals); on the others this source gives the checker's reward, so it replaces the "
+        "'task' source (a config lists one of the two). Empty: all tasks.",
     )
     output: Literal["verdict", "score"] = Field(
         "verdict",
@@ -812,6 +815,20 @@ class TaskGenerationConfig(_Section):
     enabled: bool = Field(
         False, description="Generate tasks at phase boundaries (grpo.phase_steps)."
     )
+    generators: list[Literal["programmatic", "lm"]] = Field(
+        default_factory=lambda: ["programmatic"],
+        min_length=1,
+        description="'programmatic': goals from the page's elements, each with a check; 'lm': "
+        "free-form goals written by the policy's generation backend, judged by the ORM.",
+    )
+    lm_temperature: float = Field(
+        1.0, gt=0, le=2.0, description="Sampling temperature of the lm generator."
+    )
+    judge: str | None = Field(
+        None,
+        description="The ORM (model or adapter folder) that decides the lm goals' probes; "
+        "required with the lm generator.",
+    )
     goals_per_page: int = Field(2, ge=1, description="New goals written per failed page at most.")
     max_candidates: int = Field(
         8, ge=1, description="Goals probed per phase boundary at most (each costs probe episodes)."
@@ -1006,6 +1023,20 @@ class TrainerConfig(_Section):
                 "task_generation.enabled needs phases: set grpo.phase_steps (tasks are generated "
                 "at every phase boundary)"
             )
+        generation = self.task_generation
+        lm_goal = f"{GENERATED}.{LM_TASK_PREFIX}example"
+        orm_judges_lm = any(
+            r.type == "orm" and (not r.tasks or any(fnmatch(lm_goal, t) for t in r.tasks))
+            for r in self.rewards
+        )
+        lm = generation.enabled and "lm" in generation.generators
+        if lm and (generation.judge is None or not orm_judges_lm):
+            raise ValueError(
+                "task_generation.generators 'lm' writes goals without a check: set "
+                "task_generation.judge (an ORM folder, for the probes) and an orm reward that "
+                f"judges them (rewards: [{{type: orm, model: ..., tasks: ['{GENERATED}."
+                f"{LM_TASK_PREFIX}*']}}])"
+            )
         if self.task_generation.enabled and self.rollout.max_staleness:
             raise ValueError(
                 "task_generation.enabled with rollout.max_staleness > 0: the probes play with "
@@ -1023,7 +1054,13 @@ class TrainerConfig(_Section):
             *self.tasks.max_turns_per_task,
             *self.demos.task_episodes,
             *(self.eval.tasks or []),
-            *(task for reward in self.rewards if reward.type == "orm" for task in reward.tasks),
+            *(
+                task
+                for reward in self.rewards
+                if reward.type == "orm"
+                for task in reward.tasks
+                if not any(c in task for c in "*?[")
+            ),
             *self.orm.held_out_tasks,
         ]
         try:

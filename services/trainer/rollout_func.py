@@ -30,7 +30,7 @@ from services.trainer.dataset import parse_episode_prompt
 from services.trainer.distributed import World
 from services.trainer.episode_log import EpisodeLog
 from services.trainer.frames import FrameWriter
-from services.trainer.generation.base import wait_until_ready
+from services.trainer.generation.base import SamplingParams, wait_until_ready
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.progress import StepStats
 from services.trainer.replay import ReplayBuffer
@@ -62,6 +62,34 @@ class _Rollout:
     """Seconds no rollout was being played before this one started (generation idle)."""
     future: Future[list[Episode]]
     finished: float | None = None
+
+
+def task_generation(
+    cfg: TrainerConfig, stack: RolloutStack, curriculum: Curriculum, metrics: TrainerMetrics
+) -> TaskGeneration:
+    """The curriculum's task generation, playing and writing with this rollout's stack."""
+    config = cfg.task_generation
+    sampling = SamplingParams(max_new_tokens=48, temperature=config.lm_temperature, stop=("\n",))
+    judge = None
+    if config.judge is not None:
+        from services.trainer.orm.prompt import from_episode
+        from services.trainer.orm.scorer import OrmScorer
+
+        scorer = OrmScorer.load(config.judge, cache_dir=cfg.model.cache_dir.expanduser())
+
+        def judge(episodes: list[Episode]) -> list[bool]:
+            return [s >= 0.5 for s in scorer.scores([from_episode(e) for e in episodes])]
+
+    return TaskGeneration(
+        config,
+        cfg.task_pool_folder,
+        play=stack.play,
+        add_tasks=curriculum.add_tasks,
+        write=lambda texts: stack.complete(texts, sampling),
+        judge=judge,
+        seed=cfg.run.seed,
+        metrics=metrics,
+    )
 
 
 class BrowserRollout:
@@ -103,14 +131,7 @@ class BrowserRollout:
         self._ahead: deque[_Rollout] = deque()
         self._latest: _Rollout | None = None
         self.task_generation = (
-            TaskGeneration(
-                cfg.task_generation,
-                cfg.task_pool_folder,
-                play=stack.play,
-                add_tasks=curriculum.add_tasks,
-                seed=cfg.run.seed,
-                metrics=metrics,
-            )
+            task_generation(cfg, stack, curriculum, metrics)
             if cfg.task_generation.enabled
             else None
         )

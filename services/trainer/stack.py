@@ -191,6 +191,13 @@ class RolloutStack:
             if not e.dropped
         ]
 
+    def complete(self, texts: Sequence[str], sampling: SamplingParams) -> list[str]:
+        """Plain text completions from the stack's policy backend (a model writing goals)."""
+        if self.backend is None:
+            raise ValueError("this rollout stack has no generation backend to complete text")
+        prompts = [self.prompts.encode(text) for text in texts]
+        return [g.text for g in self.loop.run(self.backend.generate(prompts, sampling))]
+
     def play(
         self,
         requests: Sequence[EpisodeRequest],

@@ -7,6 +7,11 @@ goals "in breadth", and a probe keeps those at the edge of its ability.
   check over the page (the ``gen`` family, ``services/env/families/generated.py``), so its reward
   stays exact. A label that two elements of the same role share is skipped (the goal would be
   ambiguous).
+- The ``lm`` generator asks a language model (the policy's generation backend: the local model
+  or the inference service) for a new goal on the failed page, WebRL's "in breadth" prompt
+  shortened for a small model. Its goals have no check: the episode runs to its turn cap and the
+  outcome reward model judges it, both in the probe (``judge``) and as the training reward (an
+  ``orm`` reward source listing ``gen.lm-*``).
 - **Band filter (the critic).** Each candidate is played ``probe_episodes`` times by the current
   policy at the training temperature; it is kept when its success rate lies in ``band`` (WebRL:
   0.05 to 0.75): neither solved already nor hopeless. A probe measures exactly what the band
@@ -32,7 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from services.protocol import axtree as tree
-from services.protocol.generated import GENERATED, GeneratedTask, GoalCheck, read_pool, write_pool
+from services.protocol.generated import (
+    GENERATED,
+    LM_TASK_PREFIX,
+    GeneratedTask,
+    GoalCheck,
+    read_pool,
+    write_pool,
+)
 from services.protocol.tasks import task_family
 from services.trainer.rollout import Episode, EpisodeRequest
 
@@ -93,24 +105,54 @@ def programmatic_goals(
         check = GoalCheck(kind="check", bids=[e.bid for e in picked])
         candidates.append((f"Select {names} and nothing else, then stop.", check))
     chosen = rng.sample(candidates, k=min(per_page, len(candidates)))
-    return [
-        GeneratedTask(
-            id=_task_id(failed, check),
-            base_task=failed.task,
-            seed=failed.seed,
-            goal=goal,
-            check=check,
-            generator="programmatic",
-            parent_goal=failed.goal,
-            phase=phase,
-        )
-        for goal, check in chosen
-    ]
+    return [_task(failed, goal, check, phase) for goal, check in chosen]
 
 
-def _task_id(failed: FailedPage, check: GoalCheck) -> str:
-    key = json.dumps([failed.task, failed.seed, check.model_dump(mode="json")], sort_keys=True)
-    return f"{failed.task}-{failed.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+def _task(failed: FailedPage, goal: str, check: GoalCheck | None, phase: int) -> GeneratedTask:
+    """A generated task on ``failed``'s page; its id is the same whenever the goal is (a
+    language model's goals, which have no check, are ``lm-...``)."""
+    what = check.model_dump(mode="json") if check is not None else goal
+    key = json.dumps([failed.task, failed.seed, what], sort_keys=True)
+    prefix = "" if check is not None else LM_TASK_PREFIX
+    return GeneratedTask(
+        id=f"{prefix}{failed.task}-{failed.seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}",
+        base_task=failed.task,
+        seed=failed.seed,
+        goal=goal,
+        check=check,
+        generator="programmatic" if check is not None else "lm",
+        parent_goal=failed.goal,
+        phase=phase,
+    )
+
+
+GOAL_PROMPT = (
+    "You write tasks for a web agent. Below is a web page and a task on it that the agent "
+    "failed. Write one new task for the same page, different from the failed one, about "
+    "elements you can see and doable with clicks and typing. Answer with the task only.\n\n"
+    "Page:\n{page}\n\nFailed task: {goal}\nNew task:"
+)
+PAGE_CHARS = 1500
+
+
+def goal_prompt(failed: FailedPage) -> str:
+    """What the ``lm`` generator is asked (the page compacted as the policy sees it, cut)."""
+    from services.trainer.prompts import compact
+
+    page = compact(failed.page)
+    if len(page) > PAGE_CHARS:
+        page = page[:PAGE_CHARS] + "\n..."
+    return GOAL_PROMPT.format(page=page, goal=failed.goal)
+
+
+def lm_goal(failed: FailedPage, reply: str, phase: int = 0) -> GeneratedTask | None:
+    """The task a model's reply writes (its first line), or None when it wrote no usable goal:
+    too short, or the failed goal again."""
+    lines = [line.strip() for line in reply.strip().splitlines() if line.strip()]
+    goal = lines[0].strip("\"' ") if lines else ""
+    if len(goal) < 8 or goal.lower() == failed.goal.lower():
+        return None
+    return _task(failed, goal, None, phase)
 
 
 def _example(task: GeneratedTask) -> dict[str, Any]:
@@ -136,7 +178,8 @@ class TaskGeneration:
     """The pool, its generation at phase boundaries and its history (module docstring).
 
     ``play`` plays requests with the current policy (the rollout stack); ``add_tasks`` hands
-    kept tasks to the curriculum."""
+    kept tasks to the curriculum; ``write`` completes prompts with a language model (the ``lm``
+    generator); ``judge`` says which episodes of goals without a check succeeded (the ORM)."""
 
     def __init__(
         self,
@@ -145,6 +188,8 @@ class TaskGeneration:
         play: Callable[[list[EpisodeRequest]], list[Episode]],
         add_tasks: Callable[[Sequence[str]], None],
         *,
+        write: Callable[[list[str]], list[str]] | None = None,
+        judge: Callable[[list[Episode]], list[bool]] | None = None,
         seed: int = 0,
         metrics=None,
     ) -> None:
@@ -152,6 +197,8 @@ class TaskGeneration:
         self.folder = Path(folder)
         self.play = play
         self.add_tasks = add_tasks
+        self.write = write
+        self.judge = judge
         self.metrics = metrics
         self._rng = random.Random(seed)
         self.pool: list[GeneratedTask] = read_pool(self.folder / POOL_FILE)
@@ -224,19 +271,39 @@ class TaskGeneration:
         return out
 
     def _candidates(self) -> list[GeneratedTask]:
+        """Up to ``max_candidates`` new goals, shared evenly by the configured generators."""
         known = {t.id for t in self.pool}
         pages = list(self._failed.values())
         self._rng.shuffle(pages)
+        generators = self.config.generators
+        share = -(-self.config.max_candidates // len(generators))
         out: list[GeneratedTask] = []
-        for page in pages:
-            goals = programmatic_goals(
-                page, per_page=self.config.goals_per_page, rng=self._rng, phase=self.phase
-            )
-            for task in goals:
-                if task.id not in known and len(out) < self.config.max_candidates:
-                    known.add(task.id)
-                    out.append(task)
-        return out
+        for generator in generators:
+            if generator == "lm":
+                goals = self._lm_goals(pages[:share])
+            else:
+                goals = self._programmatic(pages)
+            fresh = list({t.id: t for t in goals if t.id not in known}.values())[:share]
+            known.update(t.id for t in fresh)
+            out.extend(fresh)
+        return out[: self.config.max_candidates]
+
+    def _programmatic(self, pages: Sequence[FailedPage]) -> list[GeneratedTask]:
+        per_page = self.config.goals_per_page
+        return [
+            task
+            for page in pages
+            for task in programmatic_goals(page, per_page=per_page, rng=self._rng, phase=self.phase)
+        ]
+
+    def _lm_goals(self, pages: Sequence[FailedPage]) -> list[GeneratedTask]:
+        if self.write is None or not pages:
+            return []
+        replies = self.write([goal_prompt(page) for page in pages])
+        written = [
+            lm_goal(page, reply, self.phase) for page, reply in zip(pages, replies, strict=True)
+        ]
+        return [task for task in written if task is not None]
 
     def _probe(self, candidates: Sequence[GeneratedTask]) -> dict[str, str]:
         """Each candidate's fate: play it ``probe_episodes`` times with the current policy.
@@ -249,7 +316,11 @@ class TaskGeneration:
         fates = {}
         for i, task in enumerate(candidates):
             played = [e for e in episodes[i * k : (i + 1) * k] if not e.dropped]
-            successes = sum(e.success for e in played)
+            if task.check is None:  # no checker: the judge decides (the config requires one)
+                assert self.judge is not None, "a goal without a check needs task_generation.judge"
+                successes = sum(self.judge(played)) if played else 0
+            else:
+                successes = sum(e.success for e in played)
             fates[task.id] = band_verdict(successes, len(played), tuple(self.config.band))
         return fates
 

@@ -13,8 +13,9 @@ from transformers import AutoTokenizer
 from services.env.families.generated import GeneratedFamily
 from services.protocol import axtree
 from services.protocol.generated import GeneratedTask, GoalCheck, read_pool, write_pool
-from services.trainer.config import ConfigError, load_config
+from services.trainer.config import ConfigError, TaskGenerationConfig, load_config
 from services.trainer.discovery import StaticDiscovery
+from services.trainer.generation.base import SamplingParams
 from services.trainer.generation.scripted import ScriptedBackend
 from services.trainer.rollout import Episode, EpisodeRequest, Turn
 from services.trainer.stack import RolloutStack
@@ -22,6 +23,8 @@ from services.trainer.task_generation import (
     FailedPage,
     TaskGeneration,
     band_verdict,
+    goal_prompt,
+    lm_goal,
     programmatic_goals,
 )
 
@@ -81,7 +84,7 @@ def fake_probe(pool_file, successes_by_kind: dict[str, int]):
     seen: Counter[str] = Counter()
 
     def play(requests: list[EpisodeRequest]) -> list[Episode]:
-        kinds = {t.name: t.check.kind for t in read_pool(pool_file)}
+        kinds = {t.name: t.check.kind if t.check else "none" for t in read_pool(pool_file)}
         out = []
         for request in requests:
             seen[request.task] += 1
@@ -89,7 +92,7 @@ def fake_probe(pool_file, successes_by_kind: dict[str, int]):
             if kind == "fill":
                 out.append(Episode(request.task, request.seed, outcome="dropped"))
                 continue
-            ok = seen[request.task] <= successes_by_kind[kind]
+            ok = seen[request.task] <= successes_by_kind.get(kind, 0)
             out.append(Episode(request.task, request.seed, outcome="success" if ok else "failure"))
         return out
 
@@ -202,7 +205,15 @@ def test_generated_goals_are_checked_on_the_real_page(pool_pods, tiny_base_model
         check=GoalCheck(kind="click", bids=["9999"]),
         generator="programmatic",
     )
-    write_pool(pool, [click, ticks, wrong, broken])  # fmt: skip
+    free = GeneratedTask(
+        id="lm-free",
+        base_task="click-checkboxes",
+        seed=5,
+        goal="Tick all.",
+        check=None,
+        generator="lm",
+    )
+    write_pool(pool, [click, ticks, wrong, broken, free])  # fmt: skip
     other = next(
         e.bid
         for e in axtree.elements(failed.page)
@@ -219,6 +230,15 @@ def test_generated_goals_are_checked_on_the_real_page(pool_pods, tiny_base_model
     assert demonstrated.success and demonstrated.turns == len(ticks.check.bids)  # a click a box
     assert missed.outcome == "failure" and missed.reward == 0.0 and missed.turns == 1
     assert dropped.dropped and "not on the page" in dropped.drop_reason
+    (unchecked,) = play(cfg, tokenizer, urls, [EpisodeRequest(free.name, 0)], ["noop()"] * 4)
+    assert unchecked.outcome == "truncated" and unchecked.turns == 4  # no check: the ORM judges
+
+    writer = RolloutStack(cfg, tokenizer, ScriptedBackend(tokenizer, ["Tick red."]),
+                          StaticDiscovery(urls))  # fmt: skip
+    try:  # the lm generator's path: plain completions from the policy's backend
+        assert writer.complete(["Write a goal:"], SamplingParams()) == ["Tick red."]
+    finally:
+        writer.close()
 
 
 @pytest.mark.chromium
@@ -260,3 +280,55 @@ def test_grpo_generates_tasks_at_phase_boundaries_and_trains_on_them(tiny_base_m
     assert training.metrics.registry.get_sample_value("trainer_task_pool_size") == len(pool)
     assert history[1]["generated_episodes"] > 0  # step 2's curriculum drew generated tasks
     assert all(t.name in training.rollout.curriculum.weights() for t in pool)
+
+
+def test_a_models_goal_is_its_first_line_and_never_the_failed_goal_again():
+    failed = FailedPage("click-button", 7, "Click on the Submit button.", PAGE)
+    prompt = goal_prompt(failed)
+    assert "Failed task: Click on the Submit button." in prompt and "[12] button 'No'" in prompt
+    task = lm_goal(failed, ' "Type apple into the Name field."\nand more', phase=3)
+    assert task.goal == "Type apple into the Name field." and task.check is None
+    assert task.id.startswith("lm-click-button-7-") and task.name.startswith("gen.lm-")
+    assert (task.generator, task.phase, task.parent_goal) == ("lm", 3, failed.goal)
+    assert lm_goal(failed, "click on the submit button.", 0) is None  # the failed goal again
+    assert lm_goal(failed, "\n  ok\n", 0) is None  # too short to be a goal
+
+
+def test_lm_goals_are_probed_with_the_judge_and_kept_in_the_band(tmp_path):
+    play = fake_probe(tmp_path / "task_pool" / "pool.jsonl", {"click": 0, "check": 0})
+    written: list[list[str]] = []
+
+    def write(prompts: list[str]) -> list[str]:
+        written.append(prompts)
+        return [f"Type hello {i} into the Name field." for i in range(len(prompts))]
+
+    def judge(episodes: list[Episode]) -> list[bool]:  # half of each probe judged a success
+        return [i % 2 == 0 for i in range(len(episodes))]
+
+    config = TaskGenerationConfig(enabled=True, generators=["lm"], max_candidates=2)
+    gen = TaskGeneration(config, tmp_path / "task_pool", play, [].extend, write=write, judge=judge)
+    gen.observe([failed_episode("click-button", 3), failed_episode("click-link", 4)])
+    gen.phase_started()
+    (record,) = gen.history
+    assert len(written[0]) == 2 and record["generated"] == 2 and record["kept"] == 2
+    assert all(t.generator == "lm" and t.check is None for t in gen.pool)
+
+
+def test_lm_goals_need_a_judge_and_an_orm_reward_for_them():
+    base = {
+        "model": {"source": "unused"},
+        "tasks": {"train": ["click-button"]},
+        "env": {"discovery": {"endpoints": ["http://unused:1"]}},
+        "metrics": {"port": None},
+        "grpo": {"max_steps": 4, "phase_steps": 2},
+    }
+    lm = {"enabled": True, "generators": ["programmatic", "lm"], "judge": "runs/orm/model"}
+    with pytest.raises(ConfigError, match="without a check"):
+        load_config({**base, "task_generation": lm})
+    judged = [{"type": "orm", "model": "runs/orm/model", "tasks": ["gen.lm-*"]}]
+    cfg = load_config({**base, "task_generation": lm, "rewards": judged})
+    assert cfg.rewards[0].tasks == ["gen.lm-*"]
+    from services.trainer.orm.reward import OrmReward
+
+    reward = OrmReward(scorer=None, tasks=["gen.lm-*"])
+    assert reward.judged("gen.lm-click-button-3-ab12cd34") and not reward.judged("click-button")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from fnmatch import fnmatch
 from typing import Any
 
 from services.trainer.orm.prompt import JudgeInput
@@ -31,7 +32,7 @@ class OrmReward(RewardSource):
     ) -> None:
         super().__init__(weight)
         self.scorer = scorer
-        self.tasks = frozenset(tasks)
+        self.tasks = tuple(tasks)
         self.output = output
         self.metrics = metrics
 
@@ -59,7 +60,8 @@ class OrmReward(RewardSource):
         )
 
     def judged(self, task: str) -> bool:
-        return not self.tasks or task in self.tasks
+        """Whether the ORM scores ``task`` (a listed name or pattern; every task when none)."""
+        return not self.tasks or any(fnmatch(task, pattern) for pattern in self.tasks)
 
     def score_all(self, facts: Sequence[dict[str, Any]]) -> list[float]:
         """One batched judgement of every judged episode; the checker's reward elsewhere."""
