@@ -133,6 +133,17 @@ async def provoke_error(url: str) -> None:
 # --- alerts --------------------------------------------------------------------------------
 
 
+def test_the_staleness_alert_allows_for_the_lag_the_trainer_runs_ahead_by():
+    def threshold(values: dict) -> float:
+        spec = next(d["spec"] for d in manifests(render(values)) if d["kind"] == "PrometheusRule")
+        rules = [r for g in spec["groups"] for r in g["rules"]]
+        return float(next(r for r in rules if r.get("alert") == "TrainerPolicyStale")["expr"]
+                     .rsplit(">", 1)[1])  # fmt: skip
+
+    assert threshold({}) == 4
+    assert threshold({"trainer": {"config": {"rollout": {"max_staleness": 2}}}}) == 6
+
+
 @needs_promtool
 @pytest.mark.parametrize("value_set", ["default", "full", "cpu"])
 def test_alert_rules_pass_promtool_check(value_set, tmp_path):
