@@ -235,6 +235,8 @@ class BrowserRollout:
         """Cancel the rollouts played ahead (their episodes are lost: harmless), then close."""
         while self._ahead:
             self._ahead.popleft().future.cancel()
+        if self.task_generation is not None:
+            self.task_generation.finish()
         self.stack.close()
 
 

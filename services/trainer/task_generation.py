@@ -21,7 +21,8 @@ goals "in breadth", and a probe keeps those at the edge of its ability.
 - **Pool.** Kept tasks go to ``<run>/task_pool/pool.jsonl`` (which the env pods serve as
   ``gen.<id>``) and join the curriculum beside the original tasks. ``state.json`` beside it has
   the counts per phase (generated, kept, dropped and why; success of original and generated
-  tasks), so a resumed run continues with its pool and history.
+  tasks; ``last_phase``: the phase that was running when training ended), so a resumed run
+  continues with its pool and history.
 """
 
 from __future__ import annotations
@@ -324,12 +325,19 @@ class TaskGeneration:
             fates[task.id] = band_verdict(successes, len(played), tuple(self.config.band))
         return fates
 
+    def finish(self) -> None:
+        """Training ended: the running phase's success, as ``last_phase`` (not a boundary: a
+        resumed run goes on counting phases from the history)."""
+        if self._outcomes:
+            self._write_history({"phase": self.phase + 1, **self._success_record()})
+
     def _read_history(self) -> list[dict[str, Any]]:
         path = self.folder / STATE_FILE
         return json.loads(path.read_text())["phases"] if path.is_file() else []
 
-    def _write_history(self) -> None:
+    def _write_history(self, last_phase: dict[str, Any] | None = None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         temporary = self.folder / f".{STATE_FILE}.tmp"
-        temporary.write_text(json.dumps({"phases": self.history}, indent=2))
+        state = {"phases": self.history, "last_phase": last_phase}
+        temporary.write_text(json.dumps(state, indent=2))
         temporary.replace(self.folder / STATE_FILE)

@@ -133,6 +133,11 @@ def test_a_phase_boundary_probes_new_goals_keeps_the_band_and_a_restart_resumes_
     assert record["pool"] == 3
     assert record["examples"][0]["page"] == "click-button seed 3"
 
+    gen.observe([Episode(gen.pool[0].name, 0, outcome="success")])
+    gen.finish()  # training ends in phase 2: its success is kept apart from the boundaries
+    state = json.loads((tmp_path / "task_pool" / "state.json").read_text())
+    assert state["last_phase"]["phase"] == 2 and state["last_phase"]["generated_success"] == 1.0
+
     resumed_into: list[str] = []
     resumed = generation(tmp_path, play, resumed_into)
     assert resumed_into == added and resumed.phase == 1 and resumed.history == gen.history
@@ -273,6 +278,8 @@ def test_grpo_generates_tasks_at_phase_boundaries_and_trains_on_them(tiny_base_m
         training, _ = train(cfg, tiny_base_model, urls)
     history = json.loads((tmp_path / "run/task_pool/state.json").read_text())["phases"]
     assert [p["phase"] for p in history] == [1, 2]  # boundaries after steps 1 and 2
+    last = json.loads((tmp_path / "run/task_pool/state.json").read_text())["last_phase"]
+    assert last["phase"] == 3 and last["original_episodes"] + last["generated_episodes"] == 4
     first = history[0]
     assert first["generated"] == 3 and first["kept"] + first["broken"] == 3
     pool = read_pool(tmp_path / "run/task_pool/pool.jsonl")
