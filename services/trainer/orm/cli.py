@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from services.trainer.config import TrainerConfig
-from services.trainer.orm.data import Example
+from services.trainer.orm.data import Example, describe
 from services.trainer.orm.report import judge_report, majority, write_report
 from services.trainer.orm.scorer import OrmScorer
 from services.trainer.orm.train import load_splits, orm_base, orm_folder, train_orm
@@ -44,7 +44,8 @@ def evaluate(cfg: TrainerConfig) -> str:
         ),
     }
     tests = {k: v for k, v in splits.items() if k != "train"}
-    path = write_report(judge_report(judges, tests), orm_folder(cfg) / "eval")
+    data = {split: describe(items) for split, items in splits.items()}
+    path = write_report(judge_report(judges, tests), orm_folder(cfg) / "eval", data)
     return path.read_text()
 
 

@@ -92,9 +92,10 @@ def majority(train: Sequence[Example]) -> Callable[[Sequence[Example]], list[flo
     return lambda items: [1.0 if yes else 0.0] * len(items)
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    rows = ["| split | judge | n | accuracy | precision | recall | ECE | Brier |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+def render_markdown(report: dict[str, Any], data: dict[str, str] | None = None) -> str:
+    header = "| split | judge | n | accuracy | precision | recall | ECE | Brier |"
+    rows = [f"- {split}: {text}" for split, text in (data or {}).items()]
+    rows += ["", header, "|---|---|---:|---:|---:|---:|---:|---:|"]
     for split, judges in report.items():
         for name, m in judges.items():
             rows.append(
@@ -108,9 +109,10 @@ def _f(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def write_report(report: dict[str, Any], folder: Path) -> Path:
+def write_report(report: dict[str, Any], folder: Path, data: dict[str, str] | None = None) -> Path:
+    """``orm_eval.json`` (the measures, and ``data``: what each split held) and ``orm_eval.md``."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "orm_eval.json").write_text(json.dumps(report, indent=2))
+    (folder / "orm_eval.json").write_text(json.dumps({"data": data, "splits": report}, indent=2))
     path = folder / "orm_eval.md"
-    path.write_text(render_markdown(report))
+    path.write_text(render_markdown(report, data))
     return path
