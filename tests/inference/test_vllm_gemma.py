@@ -86,10 +86,13 @@ def test_an_orm_adapter_scores_the_same_through_the_server_as_in_process(
     from services.trainer.orm.remote import RemoteOrmScorer
     from services.trainer.orm.scorer import OrmScorer
 
+    # The module's earlier tests may have left perturbed full weights behind: serve the
+    # original Gemma again, the base the adapter is compared over in process.
+    version = client.status().version + 1
+    assert client.push_full_path(version, str(gemma)).kind == "full"
     judge = random_lora(hf_model(gemma), target_modules=["q_proj", "v_proj"], seed=3, scale=0.1)
     judge.save_pretrained(tmp_path / "orm")
-    version = client.status().version + 1
-    name = client.push_adapter_files(version, tmp_path / "orm").model
+    name = client.push_adapter_files(version + 1, tmp_path / "orm").model
     page = "RootWebArea 'Click Test'\n\t[13] button 'Submit'\n\t[14] button 'Cancel'"
     items = [
         JudgeInput("Click the Submit button.", ("click('13')  # button 'Submit'",), page),
