@@ -166,7 +166,8 @@ def compare(
     """
     reports = [before] if before is not None else []
     for spec in policies:
-        log.info("evaluating %s (%s)", spec.label, spec.model)
+        adapter = f" + adapter {spec.adapter}" if spec.adapter else ""
+        log.info("evaluating %s (%s%s)", spec.label, spec.model, adapter)
         trajectories = (
             TrajectoryWriter(Path(out_dir) / "trajectories" / spec.label)
             if cfg.eval.save_trajectories
