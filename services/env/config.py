@@ -60,14 +60,12 @@ class PageFolderFamilyConfig(BaseModel):
 
 
 class GeneratedFamilyConfig(BaseModel):
-    """A curriculum's generated tasks on MiniWoB pages (families/generated.py), ``gen.<id>``."""
+    """A curriculum's generated tasks on MiniWoB pages (families/generated.py), ``gen.<id>``:
+    each reset of one carries the task itself."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["generated"] = "generated"
-    pool: str = Field(
-        ..., description="The pool file the trainer writes (re-read whenever it changes)."
-    )
     base_url: str | None = Field(
         default=None,
         description="Base URL of the MiniWoB pages (trailing slash); None: the `miniwob` package.",
@@ -114,10 +112,11 @@ class EnvServerConfig(BaseModel):
         default=None, description="Pass --no-sandbox; None: only when running as root."
     )
     task_families: list[TaskFamilyConfig] = Field(
-        default_factory=lambda: [MiniWoBFamilyConfig()],
+        default_factory=lambda: [MiniWoBFamilyConfig(), GeneratedFamilyConfig()],
         min_length=1,
-        description="Families of tasks the pod serves (services/env/families): MiniWoB by "
-        "default; add {type: pages, name, folder} to serve a folder of your own pages.",
+        description="Families of tasks the pod serves (services/env/families): MiniWoB and the "
+        "generated tasks a curriculum sends by default; add {type: pages, name, folder} to "
+        "serve a folder of your own pages.",
     )
     default_task: str = Field(default="click-test", description="Task of a reset without one.")
     allowed_tasks: list[str] | None = Field(

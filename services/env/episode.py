@@ -125,7 +125,9 @@ class PageEpisode:
 
     # ---- lifecycle --------------------------------------------------------------------------
     def reset(self, request: BrowserResetOptions) -> BrowserObservation:
-        task_name = self.catalog.resolve(request.task or self.config.default_task)
+        task_name = self.catalog.reset_task(
+            request.task or self.config.default_task, request.generated
+        )
         self._end_episode()
         self._teardown_task()
         started = time.perf_counter()
@@ -142,7 +144,11 @@ class PageEpisode:
                     extra.close()
         browser_ready = time.perf_counter()
         self.seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        self.task = self.catalog.instance(task_name, self.seed)
+        self.task = (
+            self.catalog.generated(request.generated)
+            if request.generated
+            else self.catalog.instance(task_name, self.seed)
+        )
         self.task_name = task_name
         try:
             self.goal = self.task.setup(self.page)

@@ -245,7 +245,9 @@ class EnvService:
             raise RequestError(EnvErrorCode.DRAINING, "the pod is draining: continue elsewhere")
         options = _validate(BrowserResetOptions, data)
         try:
-            task = self.catalog.resolve(options.task or self.config.default_task)
+            task = self.catalog.reset_task(
+                options.task or self.config.default_task, options.generated
+            )
         except UnknownTaskError as exc:
             raise RequestError(EnvErrorCode.UNKNOWN_TASK, str(exc)) from exc
         self._end_episode(session, "abandoned")

@@ -14,9 +14,11 @@ from enum import StrEnum
 from typing import Literal
 
 from openenv.core.env_server.types import Action, Observation, State
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ENV_PROTOCOL_VERSION = "1.2"  # 1.2: the demonstrate message
+from services.protocol.generated import GeneratedTask
+
+ENV_PROTOCOL_VERSION = "1.3"  # 1.2: the demonstrate message; 1.3: reset carries generated tasks
 #: Largest task seed: MiniWoB and BrowserGym seed numpy's generator, which takes 32 bits.
 MAX_SEED = 2**32 - 1
 
@@ -70,6 +72,20 @@ class BrowserResetOptions(BaseModel):
         ge=1,
         description="Step cap for this episode (`truncated` when hit); None: the pod's default.",
     )
+    generated: GeneratedTask | None = Field(
+        default=None,
+        description="A generated task to play (a curriculum's new goal on a MiniWoB page): the "
+        "request carries the task itself, so any pod serving the `generated` family plays it, "
+        "with no state shared with the trainer. `task` is then its name (gen.<id>) or omitted.",
+    )
+
+    @model_validator(mode="after")
+    def _generated_name(self) -> BrowserResetOptions:
+        if self.generated is not None and self.task not in (None, self.generated.name):
+            raise ValueError(
+                f"task {self.task!r} is not the generated task sent ({self.generated.name!r})"
+            )
+        return self
 
 
 class BrowserObservation(Observation):

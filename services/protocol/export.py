@@ -53,8 +53,8 @@ def contract() -> dict[str, dict]:
             {"Trajectory": trajectory.Trajectory, "TurnRecord": trajectory.TurnRecord},
         ),
         "generated.schema.json": _bundle(
-            "Generated tasks: the curriculum's pool file, one task per JSON line, served by the "
-            "env pods as gen.<id>",
+            "Generated tasks: the curriculum's pool file, one task per JSON line; a reset of "
+            "gen.<id> carries its task (env.schema.json)",
             f"{generated.GENERATED}/1",
             {"GeneratedTask": generated.GeneratedTask, "GoalCheck": generated.GoalCheck},
         ),

@@ -1,5 +1,6 @@
-"""Generated tasks: new goals on known pages, written by the trainer's curriculum and served by
-the env pods as the ``gen`` family (``gen.<id>``).
+"""Generated tasks: new goals on known pages, written by the trainer's curriculum and played by
+the env pods as the ``gen`` family (``gen.<id>``): each reset of one carries it
+(``BrowserResetOptions.generated``).
 
 A generated task is one page (a MiniWoB task at one seed) with a goal the page's own task did
 not ask for, and a check the pod runs on that page after every action:
@@ -9,10 +10,10 @@ not ask for, and a check the pod runs on that page after every action:
 - ``fill``: done, reward 1, when the field ``bids[0]`` holds exactly ``value``;
 - ``check``: done, reward 1, when the checkboxes ``bids`` are ticked and the page's others not.
 
-The pool is a JSON-lines file (one ``GeneratedTask`` a line) that the trainer rewrites whole
-(temporary name, then rename) and the pods re-read when it changes. A task that cannot be set up
-or checked (its element is not on the page) answers ``TASK_ERROR``: the trainer drops and counts
-the episode, never scores it as a failure.
+The pool is a JSON-lines file (one ``GeneratedTask`` a line) in the trainer's run folder,
+rewritten whole (temporary name, then rename) so a crash never leaves half of it. A task that
+cannot be set up or checked (its element is not on the page) answers ``TASK_ERROR``: the
+trainer drops and counts the episode, never scores it as a failure.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def read_pool(path: str | Path) -> list[GeneratedTask]:
 
 
 def write_pool(path: str | Path, tasks: Iterable[GeneratedTask]) -> None:
-    """Replace the pool file whole, so a pod never reads half of it."""
+    """Replace the pool file whole, so no reader (a resumed run) finds half of it."""
     file = Path(path)
     file.parent.mkdir(parents=True, exist_ok=True)
     temporary = file.with_name(f".{file.name}.tmp")

@@ -40,7 +40,7 @@ from services.common.settings import (
     read_yaml,
     set_dotted,
 )
-from services.env.config import EnvServerConfig, GeneratedFamilyConfig, PageFolderFamilyConfig
+from services.env.config import EnvServerConfig, PageFolderFamilyConfig
 from services.protocol.actions import SUBSETS
 from services.protocol.generated import GENERATED, LM_TASK_PREFIX
 from services.protocol.tasks import (
@@ -1037,6 +1037,12 @@ class TrainerConfig(_Section):
                 f"judges them (rewards: [{{type: orm, model: ..., tasks: ['{GENERATED}."
                 f"{LM_TASK_PREFIX}*']}}])"
             )
+        local_families = {f.type for f in self.env.local.pod.task_families}
+        if generation.enabled and self.env.local.pods and "generated" not in local_families:
+            raise ValueError(
+                "task_generation.enabled, but env.local.pod.task_families has no "
+                "{type: generated}: the local pods could not play the generated tasks"
+            )
         if self.task_generation.enabled and self.rollout.max_staleness:
             raise ValueError(
                 "task_generation.enabled with rollout.max_staleness > 0: the probes play with "
@@ -1116,19 +1122,11 @@ class TrainerConfig(_Section):
         return self.run.output_dir / "task_pool"
 
     def local_pod_config(self) -> EnvServerConfig:
-        """Settings of the local env pods: the prompt's action subsets unless set, and the
-        generated tasks' family when task generation is on."""
+        """Settings of the local env pods: the prompt's action subsets unless set."""
         pod = self.env.local.pod
-        update: dict[str, Any] = {}
-        if "action_subsets" not in pod.model_fields_set:
-            update["action_subsets"] = list(self.prompt.action_subsets)
-        if self.task_generation.enabled:
-            pool = (self.task_pool_folder / "pool.jsonl").resolve()
-            update["task_families"] = [
-                *pod.task_families,
-                GeneratedFamilyConfig(pool=str(pool)),
-            ]
-        return pod.model_copy(update=update)
+        if "action_subsets" in pod.model_fields_set:
+            return pod
+        return pod.model_copy(update={"action_subsets": list(self.prompt.action_subsets)})
 
 
 def _format_errors(exc: ValidationError) -> str:

@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 from services.protocol.actions import extract_action
 from services.protocol.env import BrowserResetOptions, succeeded
+from services.protocol.generated import GeneratedTask
 from services.trainer.env_pool import (
     EnvInfraError,
     EnvPool,
@@ -318,6 +319,8 @@ class RolloutEngine:
         self.max_infra_retries = max_infra_retries
         self.observer = observer or RolloutObserver()
         self.generation_backoff_s = generation_backoff_s
+        self.generated: dict[str, GeneratedTask] = {}
+        """Generated tasks by name (``serve``): their resets carry them to whichever pod."""
         eos = prompts.tokenizer.eos_token_id
         self._eos_id: int | None = eos if isinstance(eos, int) else None
 
@@ -381,7 +384,11 @@ class RolloutEngine:
         max_turns = self.max_turns(request.task)
         # The env ends the episode at the same cap (counted as truncated, not abandoned).
         options = BrowserResetOptions(
-            task=request.task, seed=request.seed, max_steps=max_turns, screenshot=request.frames
+            task=request.task,
+            seed=request.seed,
+            max_steps=max_turns,
+            screenshot=request.frames,
+            generated=self.generated.get(request.task),
         )
         async with self.pool.session(options, avoid=avoid) as session:
             self.replies.episode_started()

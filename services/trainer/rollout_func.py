@@ -84,6 +84,7 @@ def task_generation(
         config,
         cfg.task_pool_folder,
         play=stack.play,
+        serve=stack.serve,
         add_tasks=curriculum.add_tasks,
         write=lambda texts: stack.complete(texts, sampling),
         judge=judge,

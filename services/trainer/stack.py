@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
+from services.protocol.generated import GeneratedTask
 from services.protocol.trajectory import Source, Trajectory
 from services.trainer.config import TrainerConfig
 from services.trainer.discovery import Discovery
@@ -197,6 +198,10 @@ class RolloutStack:
             raise ValueError("this rollout stack has no generation backend to complete text")
         prompts = [self.prompts.encode(text) for text in texts]
         return [g.text for g in self.loop.run(self.backend.generate(prompts, sampling))]
+
+    def serve(self, tasks: Sequence[GeneratedTask]) -> None:
+        """Generated tasks this stack may play: each of their resets carries the task."""
+        self.engine.generated.update((task.name, task) for task in tasks)
 
     def play(
         self,

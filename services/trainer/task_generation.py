@@ -18,11 +18,12 @@ goals "in breadth", and a probe keeps those at the edge of its ability.
   asks, on this policy, where a learned critic would predict it (WebRL's critic reads the initial
   page; none is trained here). With 4 probes the kept rates are 0.25, 0.5 and 0.75. A candidate
   whose page cannot be set up or checked is dropped and counted, never scored as a failure.
-- **Pool.** Kept tasks go to ``<run>/task_pool/pool.jsonl`` (which the env pods serve as
-  ``gen.<id>``) and join the curriculum beside the original tasks. ``state.json`` beside it has
-  the counts per phase (generated, kept, dropped and why; success of original and generated
-  tasks; ``last_phase``: the phase that was running when training ended), so a resumed run
-  continues with its pool and history.
+- **Pool.** Kept tasks go to ``<run>/task_pool/pool.jsonl`` and join the curriculum beside the
+  original tasks; every reset of one carries the task to whichever env pod plays it (the
+  ``generated`` family, ``gen.<id>``), so pods share nothing with the trainer. ``state.json``
+  beside it has the counts per phase (generated, kept, dropped and why; success of original
+  and generated tasks; ``last_phase``: the phase that was running when training ended), so a
+  resumed run continues with its pool and history.
 """
 
 from __future__ import annotations
@@ -178,8 +179,9 @@ def band_verdict(successes: int, played: int, band: tuple[float, float]) -> str:
 class TaskGeneration:
     """The pool, its generation at phase boundaries and its history (module docstring).
 
-    ``play`` plays requests with the current policy (the rollout stack); ``add_tasks`` hands
-    kept tasks to the curriculum; ``write`` completes prompts with a language model (the ``lm``
+    ``play`` plays requests with the current policy (the rollout stack) and ``serve`` lets it
+    play generated tasks (their resets carry them to the pods); ``add_tasks`` hands kept tasks
+    to the curriculum; ``write`` completes prompts with a language model (the ``lm``
     generator); ``judge`` says which episodes of goals without a check succeeded (the ORM)."""
 
     def __init__(
@@ -187,6 +189,7 @@ class TaskGeneration:
         config,
         folder: Path,
         play: Callable[[list[EpisodeRequest]], list[Episode]],
+        serve: Callable[[Sequence[GeneratedTask]], None],
         add_tasks: Callable[[Sequence[str]], None],
         *,
         write: Callable[[list[str]], list[str]] | None = None,
@@ -197,6 +200,7 @@ class TaskGeneration:
         self.config = config
         self.folder = Path(folder)
         self.play = play
+        self.serve = serve
         self.add_tasks = add_tasks
         self.write = write
         self.judge = judge
@@ -208,6 +212,7 @@ class TaskGeneration:
         self._failed: dict[tuple[str, int], FailedPage] = {}
         self._outcomes: Counter[tuple[str, bool]] = Counter()
         if self.pool:
+            self.serve(self.pool)
             self.add_tasks([t.name for t in self.pool])
             log.info("task pool: %d generated tasks resumed from %s", len(self.pool), self.folder)
 
@@ -307,10 +312,8 @@ class TaskGeneration:
         return [task for task in written if task is not None]
 
     def _probe(self, candidates: Sequence[GeneratedTask]) -> dict[str, str]:
-        """Each candidate's fate: play it ``probe_episodes`` times with the current policy.
-        The pods must know the candidates first: they are written to the pool file for the probe
-        and taken out again unless kept."""
-        write_pool(self.pool_file, [*self.pool, *candidates])
+        """Each candidate's fate: play it ``probe_episodes`` times with the current policy."""
+        self.serve(candidates)
         k = self.config.probe_episodes
         requests = [EpisodeRequest(t.name, t.seed) for t in candidates for _ in range(k)]
         episodes = self.play(requests)

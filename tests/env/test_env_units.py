@@ -56,6 +56,29 @@ def test_catalog_allow_list():
         miniwob_catalog(["click-tset"])
 
 
+def test_generated_tasks_come_with_their_reset_on_pods_that_serve_them():
+    from services.env.config import GeneratedFamilyConfig
+    from services.protocol.env import BrowserResetOptions
+    from services.protocol.generated import GeneratedTask, GoalCheck
+
+    spec = GeneratedTask(id="click-button-3-ab12", base_task="click-button", seed=3,
+                         goal="Click the button \"No\".", generator="programmatic",
+                         check=GoalCheck(kind="click", bids=["12"]))  # fmt: skip
+    served = TaskCatalog(build_families([MiniWoBFamilyConfig(), GeneratedFamilyConfig()]))
+    assert served.reset_task("ignored", spec) == "gen.click-button-3-ab12"
+    assert served.generated(spec).spec == spec
+    with pytest.raises(UnknownTaskError, match=r"its reset must carry it \(options.generated\)"):
+        served.resolve("gen.click-button-3-ab12")  # a name alone: no pod keeps a list
+    with pytest.raises(UnknownTaskError, match=r"serves no generated tasks; add \{type: gen"):
+        miniwob_catalog().reset_task("gen.click-button-3-ab12", spec)
+    limited = TaskCatalog(served.families.values(), ["click-test"])
+    with pytest.raises(UnknownTaskError, match="'click-button' is not allowed on this pod"):
+        limited.reset_task("gen.click-button-3-ab12", spec)  # its page's task must be allowed
+    assert BrowserResetOptions(generated=spec).generated == spec
+    with pytest.raises(ValidationError, match="is not the generated task sent"):
+        BrowserResetOptions(task="click-button", generated=spec)
+
+
 def test_published_miniwob_task_list_is_what_the_family_serves():
     """The trainer checks task names against the published list: it must not drift."""
     assert miniwob_tasks() == frozenset(miniwob_catalog().allowed)

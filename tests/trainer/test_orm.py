@@ -130,6 +130,20 @@ def test_measures_count_agreement_and_calibration():
     assert expected_calibration_error([False, False], [0.95, 0.95]) == pytest.approx(0.95)
 
 
+def test_the_report_names_each_judges_errors_by_task():
+    from services.trainer.orm.report import render_markdown
+
+    def judge(errors):
+        return {"n": 4, "accuracy": 0.5, "precision": 0.5, "recall": 0.5, "ece": 0.1,
+                "brier": 0.2, "errors_by_task": errors}  # fmt: skip
+
+    report = {"test_tasks": {"majority": judge({"a": {"false_yes": 2, "false_no": 0}}),
+                             "ORM": judge({"b": {"false_yes": 0, "false_no": 1}})}}  # fmt: skip
+    text = render_markdown(report)
+    assert "| test_tasks | a | 2 / 0 | 0 / 0 |" in text
+    assert "| test_tasks | b | 0 / 0 | 0 / 1 |" in text
+
+
 def orm_config(model_dir, tmp_path, **sections):
     return load_config(
         {

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 from transformers import AutoTokenizer
 
-from services.env.families.generated import GeneratedFamily
+from services.env.client import EnvRequestError
 from services.protocol import axtree
-from services.protocol.generated import GeneratedTask, GoalCheck, read_pool, write_pool
+from services.protocol.generated import GeneratedTask, GoalCheck, read_pool
 from services.trainer.config import ConfigError, TaskGenerationConfig, load_config
 from services.trainer.discovery import StaticDiscovery
 from services.trainer.generation.base import SamplingParams
@@ -77,29 +77,34 @@ def failed_episode(task: str, seed: int) -> Episode:
                    turn_log=[Turn(PAGE, "click('11')", 0, 0)])  # fmt: skip
 
 
-def fake_probe(pool_file, successes_by_kind: dict[str, int]):
-    """Plays each probe request: of a task's probes, the first ``successes_by_kind[kind]``
-    succeed (the kind read from the pool file, as a pod would); a fill goal's page is broken
-    (every episode dropped)."""
-    seen: Counter[str] = Counter()
+class FakePods:
+    """Plays probe requests like pods would: only tasks ``serve``d first (a reset carries its
+    task); of a task's probes, the first ``successes_by_kind[kind]`` succeed; a fill goal's page
+    is broken (every episode dropped)."""
 
-    def play(requests: list[EpisodeRequest]) -> list[Episode]:
-        kinds = {t.name: t.check.kind if t.check else "none" for t in read_pool(pool_file)}
+    def __init__(self, successes_by_kind: dict[str, int]) -> None:
+        self.successes_by_kind = successes_by_kind
+        self.served: dict[str, GeneratedTask] = {}
+        self.seen: Counter[str] = Counter()
+
+    def serve(self, tasks) -> None:
+        self.served.update((t.name, t) for t in tasks)
+
+    def play(self, requests: list[EpisodeRequest]) -> list[Episode]:
         out = []
         for request in requests:
-            seen[request.task] += 1
-            kind = kinds[request.task]
+            self.seen[request.task] += 1
+            check = self.served[request.task].check
+            kind = check.kind if check else "none"
             if kind == "fill":
                 out.append(Episode(request.task, request.seed, outcome="dropped"))
                 continue
-            ok = seen[request.task] <= successes_by_kind.get(kind, 0)
+            ok = self.seen[request.task] <= self.successes_by_kind.get(kind, 0)
             out.append(Episode(request.task, request.seed, outcome="success" if ok else "failure"))
         return out
 
-    return play
 
-
-def generation(tmp_path, play, added: list[str], **overrides) -> TaskGeneration:
+def generation(tmp_path, pods: FakePods, added: list[str], **overrides) -> TaskGeneration:
     config = load_config(
         {
             "model": {"source": "unused"},
@@ -111,15 +116,15 @@ def generation(tmp_path, play, added: list[str], **overrides) -> TaskGeneration:
                                 **overrides},
         }
     ).task_generation  # fmt: skip
-    return TaskGeneration(config, tmp_path / "task_pool", play, added.extend)
+    return TaskGeneration(config, tmp_path / "task_pool", pods.play, pods.serve, added.extend)
 
 
 def test_a_phase_boundary_probes_new_goals_keeps_the_band_and_a_restart_resumes_the_pool(
     tmp_path,
 ):
-    play = fake_probe(tmp_path / "task_pool" / "pool.jsonl", {"click": 2, "check": 4})
+    pods = FakePods({"click": 2, "check": 4})
     added: list[str] = []
-    gen = generation(tmp_path, play, added)
+    gen = generation(tmp_path, pods, added)
     gen.phase_started()  # the first phase starts: nothing played yet
     assert gen.history == [] and not gen.pool_file.exists()
     gen.observe([failed_episode("click-button", 3), Episode("click-button", 4, outcome="success")])
@@ -139,12 +144,13 @@ def test_a_phase_boundary_probes_new_goals_keeps_the_band_and_a_restart_resumes_
     assert state["last_phase"]["phase"] == 2 and state["last_phase"]["generated_success"] == 1.0
 
     resumed_into: list[str] = []
-    resumed = generation(tmp_path, play, resumed_into)
+    restarted = FakePods({})
+    resumed = generation(tmp_path, restarted, resumed_into)
     assert resumed_into == added and resumed.phase == 1 and resumed.history == gen.history
-    assert GeneratedFamily(gen.pool_file).tasks() == tuple(sorted(t.id for t in gen.pool))
+    assert sorted(restarted.served) == sorted(added)  # the pool's tasks playable again
 
 
-def test_task_generation_needs_phases_and_synchronous_rollouts():
+def test_task_generation_needs_phases_and_pods_that_play_generated_tasks():
     base = {
         "model": {"source": "unused"},
         "tasks": {"train": ["click-button"]},
@@ -157,25 +163,28 @@ def test_task_generation_needs_phases_and_synchronous_rollouts():
     with pytest.raises(ConfigError, match="band"):
         load_config({**base, "grpo": {"max_steps": 4, "phase_steps": 2},
                      "task_generation": {"enabled": True, "band": [0.8, 0.2]}})  # fmt: skip
+    pods = {"local": {"pods": 1, "pod": {"task_families": [{"type": "miniwob"}]}}}
+    with pytest.raises(ConfigError, match=r"task_families has no \{type: generated\}"):
+        load_config({**base, "grpo": {"max_steps": 4, "phase_steps": 2}, "env": pods})
 
 
 @pytest.fixture(scope="module")
-def pool_pods(tmp_path_factory):
-    """One env pod serving MiniWoB and the generated tasks of a pool file (written by tests)."""
+def pods(tmp_path_factory):
+    """One env pod with its default families: MiniWoB and the generated tasks resets carry."""
     from services.env.local import start_local_env_pods
 
-    pool = tmp_path_factory.mktemp("pool") / "pool.jsonl"
-    families = [{"type": "miniwob"}, {"type": "generated", "pool": str(pool)}]
     with start_local_env_pods(
-        1, max_sessions=4, ready_timeout_s=300, task_families=families,
-        action_subsets=["miniwob_liu18"],
-    ) as urls:  # fmt: skip
-        yield urls, pool
+        1, max_sessions=4, ready_timeout_s=300, action_subsets=["miniwob_liu18"]
+    ) as urls:
+        yield urls
 
 
-def play(cfg, tokenizer, urls, requests, replies=None, demonstrate=False) -> list[Episode]:
+def play(
+    cfg, tokenizer, urls, requests, replies=None, demonstrate=False, served=()
+) -> list[Episode]:
     backend = ScriptedBackend(tokenizer, list(replies or []))
     stack = RolloutStack(cfg, tokenizer, backend, StaticDiscovery(urls), demonstrate=demonstrate)
+    stack.serve(served)
     try:
         return stack.play(requests)
     finally:
@@ -183,8 +192,8 @@ def play(cfg, tokenizer, urls, requests, replies=None, demonstrate=False) -> lis
 
 
 @pytest.mark.chromium
-def test_generated_goals_are_checked_on_the_real_page(pool_pods, tiny_base_model, tmp_path):
-    urls, pool = pool_pods
+def test_generated_goals_are_checked_on_the_real_page(pods, tiny_base_model, tmp_path):
+    urls = pods
     cfg = load_config(
         {
             "model": {"source": str(tiny_base_model)},
@@ -218,25 +227,31 @@ def test_generated_goals_are_checked_on_the_real_page(pool_pods, tiny_base_model
         check=None,
         generator="lm",
     )
-    write_pool(pool, [click, ticks, wrong, broken, free])  # fmt: skip
+    sent = [click, ticks, wrong, broken, free]  # each reset carries its task to the pod
     other = next(
         e.bid
         for e in axtree.elements(failed.page)
         if e.role == "checkbox" and e.bid != click.check.bids[0]
     )
 
+    def one(task: GeneratedTask, replies=(), demonstrate=False) -> Episode:
+        request = [EpisodeRequest(task.name, 0)]
+        return play(cfg, tokenizer, urls, request, replies, demonstrate, served=sent)[0]
+
     solved, demonstrated, missed, dropped = (
-        play(cfg, tokenizer, urls, [EpisodeRequest(click.name, 0)], click.check.solution())[0],
-        play(cfg, tokenizer, urls, [EpisodeRequest(ticks.name, 0)], demonstrate=True)[0],
-        play(cfg, tokenizer, urls, [EpisodeRequest(wrong.name, 0)], [f"click('{other}')"])[0],
-        play(cfg, tokenizer, urls, [EpisodeRequest(broken.name, 0)], ["noop()"])[0],
+        one(click, click.check.solution()),
+        one(ticks, demonstrate=True),
+        one(wrong, [f"click('{other}')"]),
+        one(broken, ["noop()"]),
     )
     assert solved.success and solved.reward == 1.0 and solved.goal == click.goal
     assert demonstrated.success and demonstrated.turns == len(ticks.check.bids)  # a click a box
     assert missed.outcome == "failure" and missed.reward == 0.0 and missed.turns == 1
     assert dropped.dropped and "not on the page" in dropped.drop_reason
-    (unchecked,) = play(cfg, tokenizer, urls, [EpisodeRequest(free.name, 0)], ["noop()"] * 4)
+    unchecked = one(free, ["noop()"] * 4)
     assert unchecked.outcome == "truncated" and unchecked.turns == 4  # no check: the ORM judges
+    with pytest.raises(EnvRequestError, match=r"UNKNOWN_TASK: .* must carry it \(options.gen"):
+        play(cfg, tokenizer, urls, [EpisodeRequest("gen.never-sent", 0)], ["noop()"])
 
     writer = RolloutStack(cfg, tokenizer, ScriptedBackend(tokenizer, ["Tick red."]),
                           StaticDiscovery(urls))  # fmt: skip
@@ -270,11 +285,8 @@ def test_grpo_generates_tasks_at_phase_boundaries_and_trains_on_them(tiny_base_m
             "metrics": {"port": None},
         }
     )  # fmt: skip
-    pod = cfg.local_pod_config()
-    assert pod.task_families[-1].pool == str((tmp_path / "run/task_pool/pool.jsonl").resolve())
-    families = [f.model_dump() for f in pod.task_families]
-    with start_local_env_pods(1, max_sessions=4, task_families=families,
-                              action_subsets=["miniwob_liu18"]) as urls:  # fmt: skip
+    # The pod's default families, as on a cluster: it shares nothing with the trainer.
+    with start_local_env_pods(1, max_sessions=4, action_subsets=["miniwob_liu18"]) as urls:
         training, _ = train(cfg, tiny_base_model, urls)
     history = json.loads((tmp_path / "run/task_pool/state.json").read_text())["phases"]
     assert [p["phase"] for p in history] == [1, 2]  # boundaries after steps 1 and 2
@@ -302,7 +314,7 @@ def test_a_models_goal_is_its_first_line_and_never_the_failed_goal_again():
 
 
 def test_lm_goals_are_probed_with_the_judge_and_kept_in_the_band(tmp_path):
-    play = fake_probe(tmp_path / "task_pool" / "pool.jsonl", {"click": 0, "check": 0})
+    pods = FakePods({"click": 0, "check": 0})
     written: list[list[str]] = []
 
     def write(prompts: list[str]) -> list[str]:
@@ -313,7 +325,8 @@ def test_lm_goals_are_probed_with_the_judge_and_kept_in_the_band(tmp_path):
         return [i % 2 == 0 for i in range(len(episodes))]
 
     config = TaskGenerationConfig(enabled=True, generators=["lm"], max_candidates=2)
-    gen = TaskGeneration(config, tmp_path / "task_pool", play, [].extend, write=write, judge=judge)
+    gen = TaskGeneration(config, tmp_path / "task_pool", pods.play, pods.serve, [].extend,
+                         write=write, judge=judge)  # fmt: skip
     gen.observe([failed_episode("click-button", 3), failed_episode("click-link", 4)])
     gen.phase_started()
     (record,) = gen.history

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from services.common.registry import Registry
 from services.env.families.base import TaskError, TaskFamily, TaskInstance
+from services.protocol.generated import GENERATED, GeneratedTask
 from services.protocol.tasks import (
     UnknownTaskError,
     canonical_task,
@@ -40,14 +41,12 @@ def build_families(configs: Sequence) -> list[TaskFamily]:
 
 
 class TaskCatalog:
-    """Every task of the pod's families, restricted to the allow-list, by canonical name.
-
-    A family whose tasks change while the pod runs (``dynamic``: generated tasks) is asked
-    each time and served whole; the allow-list restricts the others."""
+    """Every task of the pod's families, restricted to the allow-list, by canonical name; and
+    the generated tasks that resets carry, when the pod serves the ``generated`` family."""
 
     def __init__(self, families: Sequence[TaskFamily], allowed: Sequence[str] | None = None):
         self.families = {family.name: family for family in families}
-        served = self._served(dynamic=False)
+        served = {qualified_name(f.name, t) for f in self.families.values() for t in f.tasks()}
         names = served if allowed is None else [canonical_task(n) for n in allowed]
         unknown = sorted(n for n in names if n not in served)
         if unknown:
@@ -55,19 +54,7 @@ class TaskCatalog:
                 f"allow-list names unknown task(s) {unknown}; families served: "
                 f"{', '.join(self.families)}"
             )
-        self._static: tuple[str, ...] = tuple(sorted(dict.fromkeys(names)))
-
-    @property
-    def allowed(self) -> tuple[str, ...]:
-        return (*self._static, *sorted(self._served(dynamic=True)))
-
-    def _served(self, *, dynamic: bool) -> set[str]:
-        return {
-            qualified_name(f.name, t)
-            for f in self.families.values()
-            if getattr(f, "dynamic", False) == dynamic
-            for t in f.tasks()
-        }
+        self.allowed: tuple[str, ...] = tuple(sorted(dict.fromkeys(names)))
 
     def resolve(self, name: str) -> str:
         """The canonical name of ``name`` ('miniwob.click-test' → 'click-test'), if served."""
@@ -76,6 +63,11 @@ class TaskCatalog:
             known = task_family(canonical) in self.families and family_task(canonical) in (
                 self.families[task_family(canonical)].tasks()
             )
+            if task_family(canonical) == GENERATED and GENERATED in self.families:
+                raise UnknownTaskError(
+                    f"task {name!r} is a generated task: its reset must carry it "
+                    "(options.generated)"
+                )
             reason = "is not allowed on this pod" if known else "is unknown"
             raise UnknownTaskError(
                 f"task {name!r} {reason}; valid tasks: {', '.join(self.allowed)}"
@@ -86,6 +78,26 @@ class TaskCatalog:
         """A fresh instance of task ``name`` for one episode."""
         canonical = self.resolve(name)
         return self.families[task_family(canonical)].instance(family_task(canonical), seed)
+
+    def reset_task(self, name: str, generated: GeneratedTask | None = None) -> str:
+        """The canonical name of the task a reset asks for: ``generated``'s when it carries
+        one (this pod must serve the ``generated`` family and allow its page's task), else
+        ``name``'s if served."""
+        if generated is None:
+            return self.resolve(name)
+        self.resolve(generated.base_task)
+        if GENERATED not in self.families:
+            raise UnknownTaskError(
+                f"task {generated.name!r}: this pod serves no generated tasks; add "
+                f"{{type: generated}} to its task_families (families served: "
+                f"{', '.join(self.families)})"
+            )
+        return generated.name
+
+    def generated(self, spec: GeneratedTask) -> TaskInstance:
+        """A fresh instance of the generated task a reset carried (see ``reset_task``)."""
+        self.reset_task(spec.name, spec)
+        return self.families[GENERATED].instance_of(spec)
 
     def description(self, name: str) -> str:
         canonical = self.resolve(name)

@@ -1,8 +1,9 @@
 """Generated tasks as a task family (``gen.<id>``): a curriculum's new goals on MiniWoB pages.
 
-The trainer's task generation (``services/trainer/task_generation.py``) writes the pool file; this
-family re-reads it whenever it changes, so tasks added at a phase boundary are served without a
-restart. Each task sets its MiniWoB page up as that task does at that seed (the same page, so the
+The trainer's task generation (``services/trainer/task_generation.py``) keeps the pool; every
+reset of a generated task carries the task itself (``BrowserResetOptions.generated``), so any pod
+plays it, however many pods there are and whenever they joined, and the family keeps no list of
+its own. Each task sets its MiniWoB page up as that task does at that seed (the same page, so the
 same element ids the goal was written from), shows the generated goal instead of the page's own,
 and replaces the page's checker with the generated one (``services/protocol/generated.py``). A
 click is recorded when it happens (a click often leaves the page as it was).
@@ -10,17 +11,13 @@ click is recorded when it happens (a click often leaves the page as it was).
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import playwright.sync_api
 
 from services.env.families.base import TaskCheck, TaskError, TaskFamily
 from services.env.families.miniwob import TASK_CLASSES, MiniWoBFamily, MiniWoBTask
 from services.protocol import axtree as tree
-from services.protocol.generated import GENERATED, GeneratedTask, read_pool
-
-log = logging.getLogger(__name__)
+from services.protocol.generated import GENERATED, GeneratedTask
+from services.protocol.tasks import UnknownTaskError
 
 _RECORD_CLICKS = """(bid) => {
   window.__browserRL = {clicks: []};
@@ -99,51 +96,31 @@ class GeneratedTaskInstance:
 
 
 class GeneratedFamily(TaskFamily):
-    """The tasks of the pool file at ``pool`` (re-read when it changes)."""
+    """The tasks resets carry (``instance_of``); it lists none of its own."""
 
     name = GENERATED
-    dynamic = True
-    """Its tasks change while the pod runs: the catalog asks it each time."""
 
-    def __init__(self, pool: str | Path, miniwob: MiniWoBFamily | None = None) -> None:
-        self.pool = Path(pool).expanduser()
+    def __init__(self, miniwob: MiniWoBFamily | None = None) -> None:
         self.miniwob = miniwob or MiniWoBFamily()
-        self._tasks: dict[str, GeneratedTask] = {}
-        self._stamp: tuple[int, int] | None = None
 
     @classmethod
     def from_config(cls, config) -> GeneratedFamily:
         """From ``GeneratedFamilyConfig`` (services/env/config.py)."""
-        return cls(config.pool, MiniWoBFamily(config.base_url))
+        return cls(MiniWoBFamily(config.base_url))
 
     def tasks(self) -> tuple[str, ...]:
-        self._refresh()
-        return tuple(sorted(self._tasks))
+        return ()
 
     def description(self, task: str) -> str:
-        spec = self._tasks[task]
-        return f"{spec.generator}: {spec.goal} ({spec.base_task} seed {spec.seed})"
+        raise UnknownTaskError(f"generated task {task!r}: a reset carries it, no pod lists it")
 
     def instance(self, task: str, seed: int) -> GeneratedTaskInstance:
-        self._refresh()
-        spec = self._tasks[task]
+        raise UnknownTaskError(
+            f"generated task {task!r} was not sent with the reset (options.generated)"
+        )
+
+    def instance_of(self, spec: GeneratedTask) -> GeneratedTaskInstance:
+        """An episode of the generated task ``spec`` (on its own page: its seed)."""
         if spec.base_task not in TASK_CLASSES:
             raise TaskError(f"task {spec.name}: its page {spec.base_task!r} is no MiniWoB task")
         return GeneratedTaskInstance(spec, self.miniwob.instance(spec.base_task, spec.seed))
-
-    def _refresh(self) -> None:
-        try:
-            stat = self.pool.stat()
-        except FileNotFoundError:
-            self._tasks, self._stamp = {}, None
-            return
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp == self._stamp:
-            return
-        try:
-            self._tasks = {t.id: t for t in read_pool(self.pool)}
-        except ValueError as exc:  # a broken file: keep serving what was read before
-            log.warning("generated task pool %s unreadable, keeping %d tasks: %s",
-                        self.pool, len(self._tasks), exc)  # fmt: skip
-            return
-        self._stamp = stamp

@@ -102,7 +102,25 @@ def render_markdown(report: dict[str, Any], data: dict[str, str] | None = None) 
                 f"| {split} | {name} | {m['n']} | {_f(m['accuracy'])} | {_f(m['precision'])} | "
                 f"{_f(m['recall'])} | {_f(m['ece'])} | {_f(m['brier'])} |"
             )
-    return "\n".join(rows) + "\n"
+    return "\n".join(rows + _errors_table(report)) + "\n"
+
+
+def _errors_table(report: dict[str, Any]) -> list[str]:
+    """Per split and task, each judge's errors: false YES (a failure passed) / false NO."""
+    judges = list(next(iter(report.values()), {}))
+    if not judges:
+        return []
+    rows = ["", "Errors (false YES / false NO) by task:", ""]
+    rows += ["| split | task | " + " | ".join(judges) + " |", "|---|---|" + "---|" * len(judges)]
+    for split, by_judge in report.items():
+        tasks = sorted({t for m in by_judge.values() for t in m["errors_by_task"]})
+        for task in tasks:
+            cells = []
+            for name in judges:
+                e = by_judge[name]["errors_by_task"].get(task, {"false_yes": 0, "false_no": 0})
+                cells.append(f"{e['false_yes']} / {e['false_no']}")
+            rows.append(f"| {split} | {task} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def _f(value: float | None) -> str:
