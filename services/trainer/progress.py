@@ -32,7 +32,6 @@ class StepStats:
 
     episodes: int = 0
     dropped: int = 0
-    reward_mean: float = 0.0
     success_rate: float = 0.0
     turns_mean: float = 0.0
     invalid_rate: float = 0.0
@@ -67,7 +66,6 @@ class StepStats:
         return cls(
             episodes=len(played),
             dropped=len(episodes) - len(played),
-            reward_mean=sum(e.reward for e in played) / n,
             success_rate=sum(e.success for e in played) / n,
             turns_mean=sum(e.turns for e in played) / n,
             invalid_rate=sum(e.invalid_actions for e in played) / max(actions, 1),
@@ -180,7 +178,7 @@ class StepLine(ProgressCallback):
         s = self._last_rollout()
         line = (
             f"step {state.global_step}/{state.max_steps} | {time.strftime('%H:%M:%S')} | "
-            f"reward {s.reward_mean:.2f} | "
+            f"reward {logs.get('reward', 0.0):.2f} | "
             f"success {s.success_rate:.2f} | turns {s.turns_mean:.1f} | "
             f"invalid {s.invalid_rate:.2f} | rollout {s.seconds:.1f}s "
             f"({s.episodes_per_second:.2f} ep/s"

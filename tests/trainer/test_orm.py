@@ -249,3 +249,16 @@ def test_a_trained_orm_gives_the_reward_of_a_grpo_step_and_the_checker_stays_els
     clean, sloppy, failed, idle = advantages(tiny_base_model, tmp_path, elsewhere,
                                              group_with_pages)  # fmt: skip
     assert clean == pytest.approx(sloppy) and clean > 0 > failed  # click-test: the checker's
+
+
+def test_the_step_line_shows_the_reward_trained_on_beside_the_checkers_success(capsys):
+    from types import SimpleNamespace
+
+    from services.trainer.metrics import TrainerMetrics
+    from services.trainer.progress import StepLine, StepStats
+
+    checked = [Episode("click-link", 1, outcome="success", reward=1.0)] * 4
+    line = StepLine(lambda: StepStats.of(checked, seconds=2.0), TrainerMetrics())
+    state = SimpleNamespace(global_step=1, max_steps=2)
+    line.on_log(None, state, None, logs={"loss": 0.1, "reward": 0.25})  # the ORM said NO 3 times
+    assert "reward 0.25 | success 1.00" in line.lines[0]
