@@ -137,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demos":
         return demos(cfg) if world.main else 0  # rank 0 plays them
     if args.command == "sft":
-        return sft(cfg, world)
+        code = sft(cfg, world)
+        distributed.stop(world)
+        return code
     if args.command == "orm":
         from services.trainer.orm.cli import run as orm
 

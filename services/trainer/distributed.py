@@ -166,3 +166,15 @@ def barrier(world: World) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def stop(world: World) -> None:
+    """Leave the process group once every rank got here: a rank that exits while the others'
+    gloo threads still talk to it aborts them ("terminate called without an active exception")."""
+    if not world.distributed:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

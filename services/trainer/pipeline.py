@@ -116,6 +116,7 @@ def run(cfg: TrainerConfig, *, evaluate_after: bool, world: World = SINGLE) -> i
                 return EXIT_TERMINATED
             log.info("training done after %.0f s; policy in %s", time.monotonic() - started, final)
         gc.collect()
+        distributed.stop(world)  # the ranks' work together ends here: rank 0 evaluates alone
         if final is not None and evaluating:
             metrics.stage_started("eval")
             evaluate(cfg, start, final, pods, before)

@@ -96,6 +96,7 @@ def _rank(rank: int, port: int, out: dict) -> None:
         rollout(["fail"], trainer=None)
     except RolloutStalledError as exc:
         out[f"failed {rank}"] = str(exc)
+    distributed.stop(world)
 
 
 def _free_port() -> int:
