@@ -144,11 +144,7 @@ class PageEpisode:
                     extra.close()
         browser_ready = time.perf_counter()
         self.seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
-        self.task = (
-            self.catalog.generated(request.generated)
-            if request.generated
-            else self.catalog.instance(task_name, self.seed)
-        )
+        self.task = self.catalog.instance(task_name, self.seed, request.generated)
         self.task_name = task_name
         try:
             self.goal = self.task.setup(self.page)

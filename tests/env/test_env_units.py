@@ -66,7 +66,7 @@ def test_generated_tasks_come_with_their_reset_on_pods_that_serve_them():
                          check=GoalCheck(kind="click", bids=["12"]))  # fmt: skip
     served = TaskCatalog(build_families([MiniWoBFamilyConfig(), GeneratedFamilyConfig()]))
     assert served.reset_task("ignored", spec) == "gen.click-button-3-ab12"
-    assert served.generated(spec).spec == spec
+    assert served.instance(spec.name, 0, spec).spec == spec
     with pytest.raises(UnknownTaskError, match=r"its reset must carry it \(options.generated\)"):
         served.resolve("gen.click-button-3-ab12")  # a name alone: no pod keeps a list
     with pytest.raises(UnknownTaskError, match=r"serves no generated tasks; add \{type: gen"):

@@ -74,9 +74,14 @@ class TaskCatalog:
             )
         return canonical
 
-    def instance(self, name: str, seed: int) -> TaskInstance:
-        """A fresh instance of task ``name`` for one episode."""
-        canonical = self.resolve(name)
+    def instance(
+        self, name: str, seed: int, generated: GeneratedTask | None = None
+    ) -> TaskInstance:
+        """A fresh instance of task ``name`` for one episode, or of the generated task a reset
+        carried (``reset_task`` says which)."""
+        canonical = self.reset_task(name, generated)
+        if generated is not None:
+            return self.families[GENERATED].instance_of(generated)
         return self.families[task_family(canonical)].instance(family_task(canonical), seed)
 
     def reset_task(self, name: str, generated: GeneratedTask | None = None) -> str:
@@ -93,11 +98,6 @@ class TaskCatalog:
                 f"{', '.join(self.families)})"
             )
         return generated.name
-
-    def generated(self, spec: GeneratedTask) -> TaskInstance:
-        """A fresh instance of the generated task a reset carried (see ``reset_task``)."""
-        self.reset_task(spec.name, spec)
-        return self.families[GENERATED].instance_of(spec)
 
     def description(self, name: str) -> str:
         canonical = self.resolve(name)
