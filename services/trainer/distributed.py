@@ -171,10 +171,8 @@ def barrier(world: World) -> None:
 def stop(world: World) -> None:
     """Leave the process group once every rank got here: a rank that exits while the others'
     gloo threads still talk to it aborts them ("terminate called without an active exception")."""
-    if not world.distributed:
-        return
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.barrier()
+    if world.distributed and dist.is_initialized():
+        barrier(world)
         dist.destroy_process_group()
