@@ -7,9 +7,14 @@ of the single-process entry with ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` set
   plays every GRPO rollout through one env pool and one curriculum, evaluates and writes the
   report. One process talks to the env pods, so ``env.sessions_per_endpoint`` still holds and a
   GRPO group never has two halves on different tasks.
-- **Every rank trains.** TRL and accelerate wrap the model (DDP; FSDP2 or ZeRO-3 from an
-  accelerate config) and average the gradients; config keys are global sizes and each rank's
-  share is derived here (``per_process``), so a config means the same batch on 1 or 16 GPUs.
+- **Every rank trains.** TRL and accelerate wrap the model (``run.distributed``: DDP, or FSDP2
+  sharding parameters, gradients and optimizer state) and average the gradients; config keys are
+  global sizes and each rank's share is derived here (``per_process``), so a config means the
+  same batch on 1 or 16 GPUs.
+- **Sharded weights (FSDP2)** are gathered whole where rank 0 needs them: every rank joins the
+  gather (``gather_weights``), rank 0 saves or pushes an unsharded copy.
+  Whatever runs the model on rank 0 alone (the ``local`` generation backend, the replay pool's
+  scoring) would wait forever for the other ranks' shards: ``check`` refuses it up front.
 - **A GRPO step:** TRL calls ``rollout_func`` on every rank with that rank's slice of the step's
   prompts; ``rollout_func.ShardedRollout`` gathers the slices on rank 0, plays them, and sends
   each rank the episodes of its own slice (what TRL's vLLM server mode does with generation).
@@ -28,6 +33,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -84,6 +90,67 @@ def check(cfg: TrainerConfig, world: World) -> None:
     grpo_accumulation(cfg, world)
     if cfg.sft.enabled:
         sft_accumulation(cfg, world)
+    if cfg.run.distributed == "fsdp2":
+        check_sharded(cfg)
+
+
+def check_sharded(cfg: TrainerConfig) -> None:
+    """What rank 0 would have to do alone with a model whose shards live on every rank."""
+    alone = "rank 0 alone cannot run a model FSDP2 shards over every rank"
+    if cfg.grpo.max_steps and cfg.generation.backend.type == "local":
+        raise ValueError(
+            f"run.distributed fsdp2 with generation.backend.type local: {alone}; generate with "
+            "the remote (vLLM) backend, or use run.distributed ddp"
+        )
+    if cfg.replay.enabled:
+        raise ValueError(
+            f"run.distributed fsdp2 with replay.enabled: {alone} (the replay pool's scoring), "
+            "and the ranks replay different numbers of samples; use run.distributed ddp"
+        )
+    if cfg.policy_sync.enabled and cfg.policy_sync.transport == "nccl":
+        raise ValueError(
+            "run.distributed fsdp2 with policy_sync.transport nccl: the NCCL transfer reads "
+            "whole parameters; use transport shared_dir"
+        )
+
+
+def check_resumable(checkpoint: str | Path | None, cfg: TrainerConfig, world: World) -> None:
+    """A checkpoint resumes under the engine that wrote it: FSDP2 shards (read back by
+    ``torch.distributed.checkpoint``) or whole weights (DDP, one process)."""
+    if checkpoint is None:
+        return
+    shards = any(Path(checkpoint).glob("pytorch_model_fsdp_*"))
+    sharding = world.distributed and cfg.run.distributed == "fsdp2"
+    if shards and not sharding:
+        raise ValueError(
+            f"{checkpoint} holds FSDP2 shards: resume it under torchrun with run.distributed "
+            "fsdp2, or start a fresh run (checkpoint.resume_from_checkpoint false)"
+        )
+    if sharding and not shards:
+        raise ValueError(
+            f"{checkpoint} holds whole weights (a ddp or one-process run): resume it with "
+            "run.distributed ddp, or start a fresh run (checkpoint.resume_from_checkpoint false)"
+        )
+
+
+def engine_args(cfg: TrainerConfig, world: World) -> dict[str, Any]:
+    """The ``TrainingArguments`` (GRPO and SFT) that say how the processes share the model."""
+    args: dict[str, Any] = {"ddp_timeout": int(cfg.run.distributed_timeout_s)}
+    if cfg.run.distributed == "fsdp2" and world.distributed:
+        return args | {
+            "fsdp": True,
+            "fsdp_config": {
+                "version": 2,
+                "reshard_after_forward": True,
+                # checkpoints: each rank writes its shards (torch.distributed.checkpoint, which
+                # reshards on load); final/ and the pushes are gathered whole (gather_weights)
+                "state_dict_type": "SHARDED_STATE_DICT",
+                # FSDP's own checkpointing (the Trainer's would gather every layer twice)
+                "activation_checkpointing": cfg.model.gradient_checkpointing,
+            },
+            "gradient_checkpointing": False,
+        }
+    return args | {"gradient_checkpointing": cfg.model.gradient_checkpointing}
 
 
 def grpo_accumulation(cfg: TrainerConfig, world: World) -> int:
@@ -176,3 +243,61 @@ def stop(world: World) -> None:
     if world.distributed and dist.is_initialized():
         barrier(world)
         dist.destroy_process_group()
+
+
+def sharded(model) -> bool:
+    """Whether FSDP2 shards ``model``'s parameters over the ranks."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def gather_weights(model, world: World, *, adapter: str | None = None) -> dict[str, Any]:
+    """A sharded model's weights, whole, on rank 0's CPU (``{}`` on the others); only the LoRA
+    adapter's when ``adapter`` names it. Every rank must call it: each tensor is all-gathered in
+    turn, so no rank ever holds more than one whole tensor beyond its shards."""
+    from torch.distributed.tensor import DTensor
+
+    out: dict[str, Any] = {}
+    for name, tensor in model.state_dict().items():
+        if adapter is not None and f".{adapter}." not in name:
+            continue
+        whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+        if world.main:
+            out[name] = whole.detach().to("cpu", copy=True)
+    return out
+
+
+def save_sharded(model, folder: Path, world: World) -> None:
+    """Save a sharded model as ``save_pretrained`` would the unsharded one: the LoRA adapter
+    ``default`` alone for a PEFT model, else the whole model (every rank must call it)."""
+    peft = hasattr(model, "peft_config")
+    weights = gather_weights(model, world, adapter="default" if peft else None)
+    if not world.main:
+        return
+    if peft:
+        model.save_pretrained(str(folder), selected_adapters=["default"], state_dict=weights)
+    else:
+        unsharded_copy(model, weights).save_pretrained(str(folder), safe_serialization=True)
+
+
+def unsharded_copy(model, weights: dict[str, Any]):
+    """A plain CPU model (with its LoRA adapter, if any) holding ``weights`` from
+    ``gather_weights``: what rank 0 merges, saves or pushes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    peft_config = getattr(model, "peft_config", None)
+    base = model.get_base_model() if peft_config else model
+    with torch.device("cpu"):
+        copy = AutoModelForCausalLM.from_config(base.config, dtype=base.dtype)
+    if peft_config:
+        from peft import get_peft_model
+
+        copy = get_peft_model(copy, peft_config["default"])
+    missing, _ = copy.load_state_dict(weights, strict=False)  # other adapters ("ref") stay out
+    tied = {name for name in missing if name.endswith("lm_head.weight")}
+    if set(missing) - tied:
+        raise RuntimeError(f"gathered weights lack {sorted(set(missing) - tied)[:5]}")
+    copy.tie_weights()
+    return copy

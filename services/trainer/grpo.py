@@ -85,7 +85,6 @@ def grpo_args(cfg: TrainerConfig, world: World = SINGLE):
         # and backward passes run in the configured dtype.
         bf16=cfg.model.dtype == "bfloat16",
         fp16=cfg.model.dtype == "float16",
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
         logging_steps=1,
         save_strategy="steps",
         save_steps=cfg.checkpoint.save_steps,
@@ -98,7 +97,7 @@ def grpo_args(cfg: TrainerConfig, world: World = SINGLE):
         remove_unused_columns=False,
         dataloader_num_workers=0,
         log_completions=False,
-        ddp_timeout=int(cfg.run.distributed_timeout_s),
+        **distributed.engine_args(cfg, world),
     )
 
 
@@ -254,11 +253,14 @@ def build_training(
         trainer.add_callback(curriculum_checkpoint)
     graceful_stop = GracefulStop(world)
     trainer.add_callback(graceful_stop)
-    if cfg.policy_sync.enabled and world.main:
+    sharded = world.distributed and cfg.run.distributed == "fsdp2"
+    if cfg.policy_sync.enabled and (world.main or sharded):  # every rank gathers shards
         from services.trainer.policy_sync import build_callback
 
         trainer.add_callback(
-            build_callback(cfg.policy_sync, push_at_start=cfg.sft.enabled, replicas=replicas)
+            build_callback(
+                cfg.policy_sync, push_at_start=cfg.sft.enabled, replicas=replicas, world=world
+            )
         )
     return Training(
         trainer,
@@ -325,6 +327,7 @@ def run_training(training: Training, cfg: TrainerConfig) -> Path | None:
 
     None when a SIGTERM stopped training early (its checkpoint is saved; no ``final/``)."""
     target = resume_target(cfg)
+    distributed.check_resumable(target, cfg, training.world)
     step = checkpoint_step(target) if target is not None else 0
     if target is not None and training.curriculum_checkpoint is not None:
         training.curriculum_checkpoint.restore(target)
@@ -337,8 +340,12 @@ def run_training(training: Training, cfg: TrainerConfig) -> Path | None:
     if training.graceful_stop.requested:
         return None
     final = cfg.run.output_dir / "final"
-    drop_reference_adapter(training.trainer.model)  # final/ holds the policy alone
-    training.trainer.save_model(str(final))  # every rank: sharded weights are gathered
+    model = training.trainer.model
+    if distributed.sharded(model):  # FSDP2: every rank joins the gather, rank 0 saves
+        distributed.save_sharded(model, final, training.world)
+    else:
+        drop_reference_adapter(model)  # final/ holds the policy alone
+        training.trainer.save_model(str(final))
     if training.world.main:
         training.tokenizer.save_pretrained(str(final))
     distributed.barrier(training.world)  # the other ranks may read final/ once it is whole

@@ -12,9 +12,10 @@ policy version = the trainer's ``global_step``:
 
 The service may be N replicas (``policy_sync.servers``): the policy is saved once and sent to
 every replica; the rules for replicas that refuse, die or rejoin are in
-``services/trainer/replicas.py``. Every generation reports the version that produced it
-(``x-policy-version``), which the remote generation backend records per sample, so staleness is
-visible.
+``services/trainer/replicas.py``. Rank 0 pushes; when FSDP2 shards the policy over several trainer
+processes every rank holds the callback and joins the gather of each pushed version. Every
+generation reports the version that produced it (``x-policy-version``), which the remote
+generation backend records per sample, so staleness is visible.
 
 What happens when things go wrong (each case tested):
 
@@ -60,6 +61,8 @@ from services.protocol.inference import (
     WeightTransferBegin,
     WeightTransferCommit,
 )
+from services.trainer import distributed
+from services.trainer.distributed import SINGLE, World
 from services.trainer.replicas import ReplicaSet, replica_set
 
 log = logging.getLogger(__name__)
@@ -260,9 +263,15 @@ class PolicyPusher:
                 answers[replica.url] = error
         return answers
 
-    def push(self, model, version: int, *, restart: bool = False) -> FanOut:
-        """Save ``version`` once and send it to every replica (``FanOut`` says who took it)."""
+    def push(
+        self, model, version: int, *, restart: bool = False, weights: dict | None = None
+    ) -> FanOut:
+        """Save ``version`` once and send it to every replica (``FanOut`` says who took it).
+        ``weights``: what ``PolicySyncCallback`` gathered when FSDP2 shards ``model``."""
         model = _unwrap(model)
+        if weights is not None and self.mode == "full":
+            model = distributed.unsharded_copy(model, weights)
+            weights = None
         if self.mode == "adapter" and not _is_peft(model):
             raise PolicySyncError("policy_sync.mode 'adapter' needs a LoRA (PEFT) model")
         urls = [r.url for r in self.replicas.all()]
@@ -277,10 +286,10 @@ class PolicyPusher:
             )
         if self.transport == "upload":
             shutil.rmtree(self._scratch, ignore_errors=True)
-            model.save_pretrained(self._scratch, selected_adapters=["default"])
+            model.save_pretrained(self._scratch, selected_adapters=["default"], state_dict=weights)
             self._saved = (version, self._scratch)
         else:
-            folder = self._save_to_shared_dir(model, version)
+            folder = self._save_to_shared_dir(model, version, weights)
             service_path = str(folder)
             if self.settings.service_shared_dir:
                 relative = folder.relative_to(self.shared_dir)
@@ -327,7 +336,7 @@ class PolicyPusher:
                     self.replicas.failed(url, str(error))
         return outcome
 
-    def _save_to_shared_dir(self, model, version: int) -> Path:
+    def _save_to_shared_dir(self, model, version: int, weights: dict | None) -> Path:
         """Write into a temporary folder, then rename: the service never sees half a checkpoint."""
         assert self.shared_dir is not None
         parent = self.shared_dir / self.mode
@@ -335,7 +344,7 @@ class PolicyPusher:
         final = parent / f"v{version:08d}"
         scratch = Path(tempfile.mkdtemp(prefix=f".v{version}-", dir=parent))
         if self.mode == "adapter":
-            model.save_pretrained(scratch, selected_adapters=["default"])
+            model.save_pretrained(scratch, selected_adapters=["default"], state_dict=weights)
         else:
             full = copy.deepcopy(model).merge_and_unload() if _is_peft(model) else model
             full.save_pretrained(scratch, safe_serialization=True)
@@ -411,20 +420,26 @@ def _nccl_engine(client: PolicyClient, model, settings):
 class PolicySyncCallback(TrainerCallback):
     """Pushes the policy to every replica after every ``every`` optimizer steps, re-sends it to
     replicas that fell behind before each step, and re-establishes the trainer's version on the
-    service at train begin (see the module docstring)."""
+    service at train begin (see the module docstring). ``pusher`` is None on ranks other than 0,
+    which only join the gathers of a sharded policy."""
 
     def __init__(
         self,
-        pusher: PolicyPusher,
+        pusher: PolicyPusher | None,
         *,
+        mode: Literal["adapter", "full"],
         every: int,
         max_refusals: int,
         wait_ready_s: float,
         push_at_start: bool = False,
+        world: World = SINGLE,
     ) -> None:
         self.pusher = pusher
-        self.replicas = pusher.replicas
-        self.replicas.catch_up = pusher.resend
+        self.replicas = pusher.replicas if pusher else None
+        if pusher is not None:
+            pusher.replicas.catch_up = pusher.resend
+        self.mode = mode
+        self.world = world
         self.push_at_start = push_at_start
         self.every = every
         self.max_refusals = max_refusals
@@ -434,26 +449,33 @@ class PolicySyncCallback(TrainerCallback):
         self.last_result: FanOut | None = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero:
-            return
+        push = self._push_at_train_begin(state) if self.pusher else None
+        if self.world.distributed and distributed.sharded(model):
+            push = distributed.broadcast(push, self.world)
+        if push:
+            self._push(model, state.global_step, restart=True)
+
+    def _push_at_train_begin(self, state) -> bool:
+        """Whether the trainer's policy must be pushed before the first step: not when a fresh
+        trainer meets a fresh service (it already serves the starting policy)."""
         served = self._wait_ready(time.monotonic() + self.wait_ready_s)
         fresh = state.global_step == 0 and all(s.version == 0 for s in served.values())
         if fresh and not self.push_at_start:
             self.pushed_version = 0  # a fresh service and a fresh trainer: nothing to send
             self.replicas.pushed(0)
-            return
+            return False
         log.info(
             "trainer at step %d, service at version(s) %s: pushing the trainer's policy (restart)",
             state.global_step,
             sorted({s.version for s in served.values()}),
         )
-        self._push(model, state.global_step, restart=True)
+        return True
 
     def on_step_begin(self, args, state, control, **kwargs):
         """Before the step's rollout, ask every replica what it serves and send the pushed
         version to those behind it (restarted, refused, new); the ones that cannot be reached
         are left out of generation until a later try."""
-        if not state.is_world_process_zero or self.pushed_version is None:
+        if self.pusher is None or self.pushed_version is None:
             return
         statuses = self.pusher.statuses()
         stale = [
@@ -472,18 +494,28 @@ class PolicySyncCallback(TrainerCallback):
             )
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and state.global_step % self.every == 0:
+        if state.global_step % self.every == 0:
             self._push(model, state.global_step)
 
+    def _gather(self, model) -> dict | None:
+        """The sharded policy's whole weights for rank 0 (every rank joins); None unsharded."""
+        if model is None or not distributed.sharded(model):
+            return None
+        adapter = "default" if self.mode == "adapter" else None
+        return distributed.gather_weights(model, self.world, adapter=adapter)
+
     def _push(self, model, version: int, *, restart: bool = False) -> None:
-        if model is None or (
-            not restart and self.pushed_version is not None and version <= self.pushed_version
+        weights = self._gather(model)
+        if (
+            self.pusher is None
+            or model is None
+            or (not restart and self.pushed_version is not None and version <= self.pushed_version)
         ):
             return
         started = time.perf_counter()
         deadline = time.monotonic() + self.wait_ready_s
         while True:
-            outcome = self.pusher.push(model, version, restart=restart)
+            outcome = self.pusher.push(model, version, restart=restart, weights=weights)
             if outcome.accepted:
                 break
             error = outcome.error()
@@ -546,11 +578,26 @@ class PolicySyncCallback(TrainerCallback):
 
 
 def build_callback(
-    config, *, push_at_start: bool = False, replicas: ReplicaSet | None = None
+    config,
+    *,
+    push_at_start: bool = False,
+    replicas: ReplicaSet | None = None,
+    world: World = SINGLE,
 ) -> PolicySyncCallback:
     """The callback for the trainer's ``policy_sync`` section (``PolicySyncConfig``);
     ``push_at_start``: the policy is not what the service loaded (GRPO after the SFT stage);
-    ``replicas``: the set the generation backend uses too (None: its own, from ``servers``)."""
+    ``replicas``: the set the generation backend uses too (None: its own, from ``servers``);
+    ``world``: ranks other than 0 get a callback that only joins the gathers (no pusher)."""
+    settings = dict(
+        mode=config.mode,
+        every=config.sync_every_steps,
+        max_refusals=config.max_consecutive_refusals,
+        wait_ready_s=config.wait_ready_s,
+        push_at_start=push_at_start,
+        world=world,
+    )
+    if not world.main:
+        return PolicySyncCallback(None, **settings)
     api_key = None
     if config.api_key_env:
         api_key = os.environ.get(config.api_key_env)
@@ -567,10 +614,4 @@ def build_callback(
         settings=config,
         shared_dir=shared_dir,
     )
-    return PolicySyncCallback(
-        pusher,
-        every=config.sync_every_steps,
-        max_refusals=config.max_consecutive_refusals,
-        wait_ready_s=config.wait_ready_s,
-        push_at_start=push_at_start,
-    )
+    return PolicySyncCallback(pusher, **settings)

@@ -96,9 +96,8 @@ def sft_args(cfg: TrainerConfig, world: World = SINGLE):
         use_cpu=cfg.use_cpu,
         bf16=cfg.model.dtype == "bfloat16",
         fp16=cfg.model.dtype == "float16",
-        gradient_checkpointing=cfg.model.gradient_checkpointing,
         dataloader_num_workers=0,
-        ddp_timeout=int(cfg.run.distributed_timeout_s),
+        **distributed.engine_args(cfg, world),
     )
 
 
@@ -170,9 +169,14 @@ def run_sft(
     )
     out = cfg.sft_folder
     resume = last_complete_checkpoint(out) if cfg.checkpoint.resume_from_checkpoint else None
+    distributed.check_resumable(resume, cfg, world)
     trainer.train(resume_from_checkpoint=resume)
+    model = trainer.model
+    if distributed.sharded(model):  # FSDP2: every rank joins the gather, rank 0 saves
+        weights = distributed.gather_weights(model, world)
+        model = distributed.unsharded_copy(model, weights) if world.main else None
     if world.main:
-        save_merged(trainer.model, tokenizer, out / "model")
+        save_merged(model, tokenizer, out / "model")
     distributed.barrier(world)
     return out / "model"
 

@@ -396,7 +396,7 @@ BAD_VALUES = [
     ({"envv": {}}, "additional properties 'envv'"),
     ({"env": {"replica": 3}}, "additional properties 'replica'"),
     ({"trainer": {"nodes": 0}}, "/trainer/nodes"),
-    ({"trainer": {"distributed": "fsdp2"}}, "/trainer/distributed"),
+    ({"trainer": {"distributed": "zero3"}}, "/trainer/distributed"),
     ({"trainer": {"nodes": 2}}, "/trainer/checkpoints/accessMode"),  # RWX needed
     (
         {"trainer": {"nodes": 2, "gpus": 0, "checkpoints": {"accessMode": "ReadWriteMany"}}},
@@ -449,6 +449,10 @@ def test_bad_values_are_refused_naming_the_key(values, where):
                 "inference": {"weightTransfer": {"mode": "nccl"}},
             },
             "mode nccl with trainer.nodes > 1",
+        ),
+        (
+            {"trainer": {"gpus": 8, "distributed": "fsdp2"}, "inference": {"enabled": False}},
+            "fsdp2 generates with vLLM: enable inference",
         ),
     ],
 )
@@ -678,6 +682,14 @@ def test_eight_gpus_start_one_training_process_each(rendered):
     train = ["-m", "services.trainer", "train", "--config", "/etc/browser-rl/trainer.yaml"]
     assert container["args"][3:] == train
     assert "completionMode" not in job["spec"]  # one pod
+
+
+def test_fsdp2_reaches_the_trainer_config_with_vllm_generating():
+    r = render({"trainer": {"gpus": 8, "distributed": "fsdp2"}})
+    config = load_config(yaml.safe_load(one(r, "ConfigMap", "trainer")["data"]["trainer.yaml"]))
+    assert config.run.distributed == "fsdp2"
+    assert config.generation.backend.type == "remote"  # rank 0 never runs the sharded model
+    assert config.policy_sync.transport != "nccl"  # the shards are gathered, then pushed
 
 
 def test_two_nodes_run_as_an_indexed_job_that_meets_through_the_headless_service(rendered):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +18,26 @@ from safetensors.torch import load_file
 from services.trainer import distributed
 from services.trainer.cli import main
 from services.trainer.config import load_config
-from services.trainer.distributed import World
+from services.trainer.distributed import SINGLE, World
 from services.trainer.rollout_func import RolloutStalledError, ShardedRollout
+from tests.inference.fakes import free_port, serve_policy_service
 
 ROOT = Path(__file__).resolve().parents[2]
+FSDP_ON_CPU = "tests.trainer.fsdp_on_cpu"
 MINIMAL = {
     "model": {"source": "pypi:gemma3-270m"},
     "tasks": {"train": ["click-test"]},
     "env": {"local": {"pods": 1}},
     "grpo": {"max_steps": 1, "prompts_per_step": 2, "num_generations": 4, "micro_batch_size": 2},
+}
+
+
+REMOTE = {"generation": {"backend": {"type": "remote", "servers": {"endpoints": ["http://x"]}}}}
+FULL_BY_NCCL = {
+    "enabled": True,
+    "servers": {"endpoints": ["http://x"]},
+    "mode": "full",
+    "transport": "nccl",
 }
 
 
@@ -51,6 +61,15 @@ def test_global_sizes_split_evenly_or_say_how_to_fix_them():
             {"sft": {"enabled": True, "gradient_accumulation_steps": 2}},
             r"sft\.gradient_accumulation_steps = 2 cannot be split evenly over 4",
         ),
+        ({"run": {"distributed": "fsdp2"}}, r"fsdp2 with generation\.backend\.type local: rank 0"),
+        (
+            {"run": {"distributed": "fsdp2"}, **REMOTE, "replay": {"enabled": True}},
+            r"fsdp2 with replay\.enabled: .* use run\.distributed ddp",
+        ),
+        (
+            {"run": {"distributed": "fsdp2"}, **REMOTE, "policy_sync": FULL_BY_NCCL},
+            r"fsdp2 with policy_sync\.transport nccl",
+        ),
     ],
 )
 def test_what_n_processes_cannot_do_is_refused_before_anything_starts(
@@ -64,6 +83,21 @@ def test_what_n_processes_cannot_do_is_refused_before_anything_starts(
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert main(["train", "--config", str(path)]) == 2
     assert "config error" in capsys.readouterr().err
+
+
+def test_a_checkpoint_resumes_only_under_the_engine_that_wrote_it(tmp_path):
+    (tmp_path / "sharded" / "pytorch_model_fsdp_0").mkdir(parents=True)
+    (tmp_path / "whole").mkdir()
+    ddp = load_config({**MINIMAL, "run": {"output_dir": str(tmp_path)}})
+    fsdp2 = ddp.model_copy(update={"run": ddp.run.model_copy(update={"distributed": "fsdp2"})})
+    two = World(size=2)
+    distributed.check_resumable(tmp_path / "sharded", fsdp2, two)
+    distributed.check_resumable(tmp_path / "whole", ddp, two)
+    distributed.check_resumable(tmp_path / "whole", fsdp2, SINGLE)  # one process: never sharded
+    with pytest.raises(ValueError, match="holds FSDP2 shards: resume it under torchrun"):
+        distributed.check_resumable(tmp_path / "sharded", ddp, two)
+    with pytest.raises(ValueError, match=r"holds whole weights .* with run\.distributed ddp"):
+        distributed.check_resumable(tmp_path / "whole", fsdp2, two)
 
 
 def test_evaluation_under_torchrun_is_refused(monkeypatch, capsys):
@@ -99,16 +133,10 @@ def _rank(rank: int, port: int, out: dict) -> None:
     distributed.stop(world)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_rank_0_plays_every_rank_s_prompts_and_each_gets_its_own_back():
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_rank, args=(_free_port(), out), nprocs=2)
+        mp.spawn(_rank, args=(free_port(), out), nprocs=2)
         results = dict(out)
     assert results[0]["prompt"] == ["r0-0", "r0-1", "r0-2"]
     assert results[1]["prompt"] == ["r1-0"]
@@ -121,9 +149,17 @@ def test_rank_0_plays_every_rank_s_prompts_and_each_gets_its_own_back():
 # --- torchrun end to end --------------------------------------------------------------------
 
 
-def _run(tmp_path: Path, model: Path, processes: int, *overrides: str, name: str = "") -> Path:
+def _run(
+    tmp_path: Path,
+    model: Path,
+    processes: int,
+    *overrides: str,
+    name: str = "",
+    entry: str = "services.trainer",
+) -> Path:
     """``train`` (demonstrations → SFT step → 2 GRPO steps) under torchrun with ``processes``;
-    ``overrides``: ``--set`` items; ``name``: the run folder (default ``run-<processes>``)."""
+    ``overrides``: ``--set`` items; ``name``: the run folder (default ``run-<processes>``);
+    ``entry``: the module torchrun starts."""
     out = tmp_path / (name or f"run-{processes}")
     config = {
         "run": {"output_dir": str(out), "seed": 0},
@@ -155,13 +191,13 @@ def _run(tmp_path: Path, model: Path, processes: int, *overrides: str, name: str
         "lora": {"enabled": True, "r": 4, "alpha": 8},
         # every kept success replayed (a band of all probabilities), weighted so it counts
         "replay": {"enabled": True, "min_prob": 1e-6, "max_prob": 1.0, "coef": 1.0},
-        "metrics": {"port": _free_port()},  # a second server on it would fail the run
+        "metrics": {"port": free_port()},  # a second server on it would fail the run
         "eval": {"after_training": False},
     }
     path = tmp_path / f"cfg-{out.name}-{processes}.yaml"
     path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += [f"--nproc-per-node={processes}", "-m", "services.trainer", "train"]
+    command += [f"--nproc-per-node={processes}", "-m", entry, "train"]
     command += ["--config", str(path), *(f"--set={item}" for item in overrides)]
     done = subprocess.run(
         command,
@@ -176,6 +212,27 @@ def _run(tmp_path: Path, model: Path, processes: int, *overrides: str, name: str
         assert "[rank 1]" in done.stderr  # logs say which rank
         assert done.stderr.count("starting 1 local env pods") == 1  # rank 0 alone
     return out
+
+
+def _assert_same_training(one: Path, two: Path) -> None:
+    """The first-step losses, SFT and GRPO, and the weights after both stages agree."""
+    for stage in ("sft", "grpo"):
+        first, second = _metrics(one, stage)[0], _metrics(two, stage)[0]
+        assert first["loss"] == pytest.approx(second["loss"], rel=1e-3, abs=1e-5), stage
+    for name in ("sft/model/model.safetensors", "final/adapter_model.safetensors"):
+        a, b = load_file(one / name), load_file(two / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+def _merged(base: Path, adapter: Path) -> dict[str, torch.Tensor]:
+    """``adapter`` merged into ``base``: the policy a full push should carry."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload().state_dict()
 
 
 def _episodes(out: Path) -> list[tuple]:
@@ -209,14 +266,7 @@ def test_two_processes_train_the_same_steps_as_one(tmp_path, tiny_chat_model):
     assert replayed == [r["replay_samples"] for r in _metrics(two, "grpo")] and min(replayed) > 0
 
     # The same first-step losses, SFT and GRPO, and the same weights after both stages.
-    for stage in ("sft", "grpo"):
-        first, second = _metrics(one, stage)[0], _metrics(two, stage)[0]
-        assert first["loss"] == pytest.approx(second["loss"], rel=1e-3, abs=1e-5), stage
-    for name in ("sft/model/model.safetensors", "final/adapter_model.safetensors"):
-        a, b = load_file(one / name), load_file(two / name)
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-5, msg=key)
+    _assert_same_training(one, two)
 
     # The 2-process run's checkpoint resumes on 1 process (DDP checkpoints hold whole weights).
     assert (two / "checkpoint-2").is_dir()
@@ -224,3 +274,45 @@ def test_two_processes_train_the_same_steps_as_one(tmp_path, tiny_chat_model):
          name="run-2")  # fmt: skip
     assert [r["step"] for r in _metrics(two, "grpo")] == [1, 2, 3]
     assert _episodes(two)[: 2 * 8] == episodes and len(_episodes(two)) == 3 * 8
+
+
+@pytest.mark.chromium
+@pytest.mark.slow
+def test_fsdp2_shards_train_the_same_steps_push_whole_weights_and_resume(tmp_path, tiny_chat_model):
+    """FSDP2 over 2 gloo processes (tests/trainer/fsdp_on_cpu.py lets accelerate shard on CPU):
+    the same losses and weights as one process, whole weights gathered for every push, the SFT
+    model and final/, a sharded checkpoint that resumes."""
+    shared = tmp_path / "shared"
+    service = serve_policy_service(free_port(), tiny_chat_model, tmp_path)
+    sharded = (
+        "replay.enabled=false",  # refused under fsdp2 (checked above)
+        "run.distributed=fsdp2",
+        "policy_sync.enabled=true",
+        f"policy_sync.servers={{endpoints: [{service.url}]}}",
+        f"policy_sync.shared_dir={shared}",
+        "policy_sync.mode=full",  # after SFT the service's base changed: the merged policy
+    )
+    try:
+        one = _run(tmp_path, tiny_chat_model, 1, "replay.enabled=false")
+        two = _run(tmp_path, tiny_chat_model, 2, *sharded, name="fsdp2", entry=FSDP_ON_CPU)
+        assert (two / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()  # the shards, per rank
+
+        assert _episodes(one) == _episodes(two)
+        _assert_same_training(one, two)
+
+        # Every rank joined each push's gather: the service reloaded whole merged weights (v0:
+        # GRPO's start, the SFT model), the last one final/'s adapter merged into that start.
+        reloads = [Path(c[1]).name for c in service.engine.calls if c[0] == "reload_weights"]
+        assert reloads == ["v00000000", "v00000001", "v00000002"]
+        pushed = load_file(shared / "full" / "v00000002" / "model.safetensors")
+        merged = _merged(two / "sft" / "model", two / "final")
+        assert pushed.keys() <= merged.keys() and "lm_head.weight" not in pushed
+        for key in pushed:
+            torch.testing.assert_close(pushed[key], merged[key], msg=key)
+
+        # The sharded checkpoint resumes (torch.distributed.checkpoint loads the shards).
+        _run(tmp_path, tiny_chat_model, 2, *sharded, "grpo.max_steps=3",
+             "checkpoint.resume_from_checkpoint=true", name="fsdp2", entry=FSDP_ON_CPU)  # fmt: skip
+        assert [r["step"] for r in _metrics(two, "grpo")] == [1, 2, 3]
+    finally:
+        service.stop()

@@ -8,8 +8,16 @@
 {{- $lora := true -}}
 {{- with $user.lora }}{{ if hasKey . "enabled" }}{{ $lora = .enabled }}{{ end }}{{ end -}}
 {{- $apiKey := $v.secrets.apiKey.enabled -}}
+{{- if and (eq $v.trainer.distributed "fsdp2") (gt (mul (int $v.trainer.nodes) (max 1 (int $v.trainer.gpus))) 1) }}
+{{- if not $v.inference.enabled }}
+{{- fail "trainer.distributed fsdp2 generates with vLLM: enable inference (rank 0 alone cannot run a sharded model)" }}
+{{- end }}
+{{- if eq $v.inference.weightTransfer.mode "nccl" }}
+{{- fail "trainer.distributed fsdp2 with inference.weightTransfer.mode nccl: the NCCL transfer reads whole parameters; use sharedVolume" }}
+{{- end }}
+{{- end }}
 {{- $overlay := dict
-    "run" (dict "output_dir" "/checkpoints/run")
+    "run" (dict "output_dir" "/checkpoints/run" "distributed" $v.trainer.distributed)
     "model" (dict
         "source" (include "browser-rl.modelPath" (dict "root" . "under" "/checkpoints/models"))
         "cache_dir" "/checkpoints/model-cache")
