@@ -303,7 +303,10 @@ WEBRL = [
         "Generated tasks: pool and fates",
         [
             (f"max(trainer_task_pool_size{{{NS}}})", "pool"),
-            (f"sum by (fate) (trainer_generated_tasks_total{{{NS}}})", "{{fate}}"),
+            (
+                f"sum by (generator, fate) (trainer_generated_tasks_total{{{NS}}})",
+                "{{generator}} {{fate}}",
+            ),
         ],
         description="task_generation: goals written from failed pages at each phase boundary; "
         "kept when the probe's success rate is in the band, else too easy, too hard or broken "

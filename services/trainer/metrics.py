@@ -6,6 +6,7 @@ Series live in their own registry so tests and several trainers in one process n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -116,9 +117,9 @@ class TrainerMetrics(RolloutObserver):
         )
         self.generated_tasks = Counter(
             "trainer_generated_tasks_total",
-            "Generated task candidates by fate (kept|too_easy|too_hard|broken) at phase "
-            "boundaries (task_generation).",
-            ["fate"],
+            "Generated task candidates by generator (programmatic|lm) and fate "
+            "(kept|too_easy|too_hard|broken) at phase boundaries (task_generation).",
+            ["generator", "fate"],
             registry=r,
         )
         self.task_pool = Gauge(
@@ -215,10 +216,10 @@ class TrainerMetrics(RolloutObserver):
         self.orm_batch_seconds.observe(seconds)
         self.orm_judgements_per_second.set(len(scores) / max(seconds, 1e-9))
 
-    def tasks_generated(self, fates: dict[str, int], pool: int) -> None:
-        """One phase boundary's generated candidates, by fate, and the pool's size after."""
-        for fate, count in fates.items():
-            self.generated_tasks.labels(fate).inc(count)
+    def tasks_generated(self, counts: Mapping[tuple[str, str], int], pool: int) -> None:
+        """One phase boundary's candidates, by (generator, fate), and the pool's size after."""
+        for (generator, fate), count in counts.items():
+            self.generated_tasks.labels(generator, fate).inc(count)
         self.task_pool.set(pool)
 
     def curriculum_weights(self, weights: dict[str, float]) -> None:

@@ -167,6 +167,10 @@ def _example(task: GeneratedTask) -> dict[str, Any]:
     }
 
 
+FATES = ("kept", "too_easy", "too_hard", "broken")
+"""What the probe makes of a candidate (``band_verdict``)."""
+
+
 def band_verdict(successes: int, played: int, band: tuple[float, float]) -> str:
     """'kept', 'too_easy', 'too_hard' or 'broken' (no episode could be played)."""
     if played == 0:
@@ -248,22 +252,32 @@ class TaskGeneration:
         if kept:
             self.add_tasks([t.name for t in kept])
         counts = Counter(fates.values())
+        by_generator = Counter((t.generator, fates.get(t.id, "broken")) for t in candidates)
+        dropped = [t for t in candidates if fates.get(t.id) != "kept"]
         record.update(
             failed_pages=len(self._failed),
             generated=len(candidates),
-            **{fate: counts[fate] for fate in ("kept", "too_easy", "too_hard", "broken")},
+            **{fate: counts[fate] for fate in FATES},
+            by_generator={
+                g: {fate: by_generator[(g, fate)] for fate in FATES}
+                for g in sorted({g for g, _ in by_generator})
+            },
             pool=len(self.pool),
             examples=[_example(t) for t in kept[:3]],
+            dropped=[{**_example(t), "fate": fates.get(t.id, "broken")} for t in dropped[:3]],
         )
         self.history.append(record)
         self._write_history()
         if self.metrics is not None:
-            self.metrics.tasks_generated(counts, len(self.pool))
+            self.metrics.tasks_generated(by_generator, len(self.pool))
         log.info(
-            "task generation after phase %d: %d failed pages -> %d goals; kept %d, too easy %d, "
-            "too hard %d, broken %d; pool %d",
-            self.phase, len(self._failed), len(candidates), counts["kept"], counts["too_easy"],
-            counts["too_hard"], counts["broken"], len(self.pool),
+            "task generation after phase %d: %d failed pages -> %d goals (%s); kept %d, too easy "
+            "%d, too hard %d, broken %d; pool %d",
+            self.phase, len(self._failed), len(candidates),
+            ", ".join(f"{g} {sum(record['by_generator'][g].values())}"
+                      for g in record["by_generator"]) or "none",
+            counts["kept"], counts["too_easy"], counts["too_hard"], counts["broken"],
+            len(self.pool),
         )  # fmt: skip
         self._failed.clear()
         self._outcomes.clear()

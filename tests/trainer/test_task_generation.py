@@ -134,6 +134,9 @@ def test_a_phase_boundary_probes_new_goals_keeps_the_band_and_a_restart_resumes_
     assert record["original_success"] == 0.5 and record["generated_episodes"] == 0
     assert record["generated"] == 5  # 3 clicks, a fill, a tick
     assert record["kept"] == 3 and record["too_easy"] == 1 and record["broken"] == 1
+    counts = {"kept": 3, "too_easy": 1, "too_hard": 0, "broken": 1}
+    assert record["by_generator"] == {"programmatic": counts}
+    assert {d["fate"] for d in record["dropped"]} == {"too_easy", "broken"}
     assert {t.check.kind for t in gen.pool} == {"click"} and [t.name for t in gen.pool] == added
     assert record["pool"] == 3
     assert record["examples"][0]["page"] == "click-button seed 3"
@@ -296,7 +299,10 @@ def test_grpo_generates_tasks_at_phase_boundaries_and_trains_on_them(tiny_base_m
     assert first["generated"] == 3 and first["kept"] + first["broken"] == 3
     pool = read_pool(tmp_path / "run/task_pool/pool.jsonl")
     assert len(pool) == first["kept"] + history[1]["kept"] > 0
-    assert training.metrics.registry.get_sample_value("trainer_task_pool_size") == len(pool)
+    registry = training.metrics.registry
+    assert registry.get_sample_value("trainer_task_pool_size") == len(pool)
+    labels = {"generator": "programmatic", "fate": "kept"}
+    assert registry.get_sample_value("trainer_generated_tasks_total", labels) == len(pool)
     assert history[1]["generated_episodes"] > 0  # step 2's curriculum drew generated tasks
     assert all(t.name in training.rollout.curriculum.weights() for t in pool)
 
@@ -331,6 +337,7 @@ def test_lm_goals_are_probed_with_the_judge_and_kept_in_the_band(tmp_path):
     gen.phase_started()
     (record,) = gen.history
     assert len(written[0]) == 2 and record["generated"] == 2 and record["kept"] == 2
+    assert record["by_generator"] == {"lm": {"kept": 2, "too_easy": 0, "too_hard": 0, "broken": 0}}
     assert all(t.generator == "lm" and t.check is None for t in gen.pool)
 
 
