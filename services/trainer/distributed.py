@@ -90,8 +90,13 @@ def check(cfg: TrainerConfig, world: World) -> None:
     grpo_accumulation(cfg, world)
     if cfg.sft.enabled:
         sft_accumulation(cfg, world)
-    if cfg.run.distributed == "fsdp2":
+    if sharding(cfg, world):
         check_sharded(cfg)
+
+
+def sharding(cfg: TrainerConfig, world: World) -> bool:
+    """Whether FSDP2 shards the model over this run's processes (one process never shards)."""
+    return world.distributed and cfg.run.distributed == "fsdp2"
 
 
 def check_sharded(cfg: TrainerConfig) -> None:
@@ -120,13 +125,13 @@ def check_resumable(checkpoint: str | Path | None, cfg: TrainerConfig, world: Wo
     if checkpoint is None:
         return
     shards = any(Path(checkpoint).glob("pytorch_model_fsdp_*"))
-    sharding = world.distributed and cfg.run.distributed == "fsdp2"
-    if shards and not sharding:
+    sharded_now = sharding(cfg, world)
+    if shards and not sharded_now:
         raise ValueError(
             f"{checkpoint} holds FSDP2 shards: resume it under torchrun with run.distributed "
             "fsdp2, or start a fresh run (checkpoint.resume_from_checkpoint false)"
         )
-    if sharding and not shards:
+    if sharded_now and not shards:
         raise ValueError(
             f"{checkpoint} holds whole weights (a ddp or one-process run): resume it with "
             "run.distributed ddp, or start a fresh run (checkpoint.resume_from_checkpoint false)"
@@ -136,7 +141,7 @@ def check_resumable(checkpoint: str | Path | None, cfg: TrainerConfig, world: Wo
 def engine_args(cfg: TrainerConfig, world: World) -> dict[str, Any]:
     """The ``TrainingArguments`` (GRPO and SFT) that say how the processes share the model."""
     args: dict[str, Any] = {"ddp_timeout": int(cfg.run.distributed_timeout_s)}
-    if cfg.run.distributed == "fsdp2" and world.distributed:
+    if sharding(cfg, world):
         return args | {
             "fsdp": True,
             "fsdp_config": {

@@ -253,8 +253,8 @@ def build_training(
         trainer.add_callback(curriculum_checkpoint)
     graceful_stop = GracefulStop(world)
     trainer.add_callback(graceful_stop)
-    sharded = world.distributed and cfg.run.distributed == "fsdp2"
-    if cfg.policy_sync.enabled and (world.main or sharded):  # every rank gathers shards
+    if cfg.policy_sync.enabled and (world.main or distributed.sharding(cfg, world)):
+        # under FSDP2 every rank joins the gather of each pushed version
         from services.trainer.policy_sync import build_callback
 
         trainer.add_callback(

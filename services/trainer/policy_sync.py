@@ -269,8 +269,9 @@ class PolicyPusher:
         """Save ``version`` once and send it to every replica (``FanOut`` says who took it).
         ``weights``: what ``PolicySyncCallback`` gathered when FSDP2 shards ``model``."""
         model = _unwrap(model)
-        if weights is not None and self.mode == "full":
+        if weights is not None and self.mode == "full":  # a copy of our own: merge it in place
             model = distributed.unsharded_copy(model, weights)
+            model = model.merge_and_unload() if _is_peft(model) else model
             weights = None
         if self.mode == "adapter" and not _is_peft(model):
             raise PolicySyncError("policy_sync.mode 'adapter' needs a LoRA (PEFT) model")
