@@ -252,8 +252,9 @@ class TaskGeneration:
         if kept:
             self.add_tasks([t.name for t in kept])
         counts = Counter(fates.values())
-        by_generator = Counter((t.generator, fates.get(t.id, "broken")) for t in candidates)
-        dropped = [t for t in candidates if fates.get(t.id) != "kept"]
+        by_generator = Counter((t.generator, fates[t.id]) for t in candidates)
+        dropped = [t for t in candidates if fates[t.id] != "kept"]
+        written = Counter(t.generator for t in candidates)
         record.update(
             failed_pages=len(self._failed),
             generated=len(candidates),
@@ -264,7 +265,7 @@ class TaskGeneration:
             },
             pool=len(self.pool),
             examples=[_example(t) for t in kept[:3]],
-            dropped=[{**_example(t), "fate": fates.get(t.id, "broken")} for t in dropped[:3]],
+            dropped=[{**_example(t), "fate": fates[t.id]} for t in dropped[:3]],
         )
         self.history.append(record)
         self._write_history()
@@ -274,8 +275,7 @@ class TaskGeneration:
             "task generation after phase %d: %d failed pages -> %d goals (%s); kept %d, too easy "
             "%d, too hard %d, broken %d; pool %d",
             self.phase, len(self._failed), len(candidates),
-            ", ".join(f"{g} {sum(record['by_generator'][g].values())}"
-                      for g in record["by_generator"]) or "none",
+            ", ".join(f"{g} {n}" for g, n in sorted(written.items())) or "none",
             counts["kept"], counts["too_easy"], counts["too_hard"], counts["broken"],
             len(self.pool),
         )  # fmt: skip
