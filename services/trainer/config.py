@@ -142,14 +142,15 @@ class RunConfig(_Section):
             "<output_dir>/trajectories/training, one shard per step."
         ),
     )
-    distributed: Literal["ddp", "fsdp2"] = Field(
+    distributed: Literal["ddp", "fsdp2", "zero3"] = Field(
         "ddp",
         description=(
             "With several trainer processes (torchrun): how they share the model. ddp: a full "
             "copy per process, gradients averaged (models up to about 1B parameters). fsdp2: "
             "parameters, gradients and optimizer state sharded over the processes (PyTorch "
-            "FSDP2 through accelerate), gathered whole for the policy push and the saved "
-            "models. One process: the same plain model either way."
+            "FSDP2 through accelerate); zero3: the same through DeepSpeed ZeRO-3. Both are "
+            "gathered whole for the policy push and the saved models. One process: the same "
+            "plain model either way."
         ),
     )
     distributed_timeout_s: float = Field(

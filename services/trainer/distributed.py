@@ -11,10 +11,11 @@ of the single-process entry with ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` set
   sharding parameters, gradients and optimizer state) and average the gradients; config keys are
   global sizes and each rank's share is derived here (``per_process``), so a config means the
   same batch on 1 or 16 GPUs.
-- **Sharded weights (FSDP2)** are gathered whole where rank 0 needs them: every rank joins the
-  gather (``gather_weights``), rank 0 saves or pushes an unsharded copy.
-  Whatever runs the model on rank 0 alone (the ``local`` generation backend, the replay pool's
-  scoring) would wait forever for the other ranks' shards: ``check`` refuses it up front.
+- **Sharded weights** (``run.distributed`` fsdp2: PyTorch FSDP2; zero3: DeepSpeed ZeRO-3) are
+  gathered whole where rank 0 needs them: every rank joins the gather (``gather_weights``), rank 0
+  saves or pushes an unsharded copy. Whatever runs the model on rank 0 alone (the ``local``
+  generation backend, the replay pool's scoring) would wait forever for the other ranks' shards:
+  ``check`` refuses it up front.
 - **A GRPO step:** TRL calls ``rollout_func`` on every rank with that rank's slice of the step's
   prompts; ``rollout_func.ShardedRollout`` gathers the slices on rank 0, plays them, and sends
   each rank the episodes of its own slice (what TRL's vLLM server mode does with generation).
@@ -31,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -95,52 +97,94 @@ def check(cfg: TrainerConfig, world: World) -> None:
 
 
 def sharding(cfg: TrainerConfig, world: World) -> bool:
-    """Whether FSDP2 shards the model over this run's processes (one process never shards)."""
-    return world.distributed and cfg.run.distributed == "fsdp2"
+    """Whether the model is sharded over this run's processes (fsdp2, zero3; one process never
+    shards)."""
+    return world.distributed and cfg.run.distributed != "ddp"
 
 
 def check_sharded(cfg: TrainerConfig) -> None:
     """What rank 0 would have to do alone with a model whose shards live on every rank."""
-    alone = "rank 0 alone cannot run a model FSDP2 shards over every rank"
+    engine = cfg.run.distributed
+    alone = f"rank 0 alone cannot run a model {engine} shards over every rank"
     if cfg.grpo.max_steps and cfg.generation.backend.type == "local":
         raise ValueError(
-            f"run.distributed fsdp2 with generation.backend.type local: {alone}; generate with "
-            "the remote (vLLM) backend, or use run.distributed ddp"
+            f"run.distributed {engine} with generation.backend.type local: {alone}; generate "
+            "with the remote (vLLM) backend, or use run.distributed ddp"
         )
     if cfg.replay.enabled:
         raise ValueError(
-            f"run.distributed fsdp2 with replay.enabled: {alone} (the replay pool's scoring), "
-            "and the ranks replay different numbers of samples; use run.distributed ddp"
+            f"run.distributed {engine} with replay.enabled: {alone} (the replay pool's "
+            "scoring), and the ranks replay different numbers of samples; use run.distributed ddp"
         )
     if cfg.policy_sync.enabled and cfg.policy_sync.transport == "nccl":
         raise ValueError(
-            "run.distributed fsdp2 with policy_sync.transport nccl: the NCCL transfer reads "
+            f"run.distributed {engine} with policy_sync.transport nccl: the NCCL transfer reads "
             "whole parameters; use transport shared_dir"
         )
 
 
+FRESH = "or start a fresh run (checkpoint.resume_from_checkpoint false)"
+HOLDS = {
+    "ddp": "whole weights (a ddp or one-process run)",
+    "fsdp2": "FSDP2 shards",
+    "zero3": "DeepSpeed ZeRO-3 partitions",
+}
+RESUME = {
+    "ddp": "with run.distributed ddp",
+    "fsdp2": "under torchrun with run.distributed fsdp2",
+    "zero3": "under torchrun with run.distributed zero3",
+}
+
+
+def checkpoint_engine(checkpoint: Path) -> tuple[str, int | None]:
+    """(engine, processes) that wrote ``checkpoint``: FSDP2 writes ``pytorch_model_fsdp_*``
+    (resharded on load, any number of processes), DeepSpeed a ``global_step*`` folder with one
+    optimizer partition per process; anything else holds whole weights."""
+    if any(checkpoint.glob("pytorch_model_fsdp_*")):
+        return "fsdp2", None
+    for folder in checkpoint.glob("global_step*"):
+        return "zero3", len(list(folder.glob("*_optim_states.pt"))) or None
+    return "ddp", None
+
+
 def check_resumable(checkpoint: str | Path | None, cfg: TrainerConfig, world: World) -> None:
-    """A checkpoint resumes under the engine that wrote it: FSDP2 shards (read back by
-    ``torch.distributed.checkpoint``) or whole weights (DDP, one process)."""
+    """A checkpoint resumes under the engine that wrote it; ZeRO-3's partitions also on the
+    number of processes that wrote them (DeepSpeed does not repartition them on load)."""
     if checkpoint is None:
         return
-    shards = any(Path(checkpoint).glob("pytorch_model_fsdp_*"))
-    sharded_now = sharding(cfg, world)
-    if shards and not sharded_now:
+    engine, processes = checkpoint_engine(Path(checkpoint))
+    now = cfg.run.distributed if sharding(cfg, world) else "ddp"
+    if engine != now:
+        raise ValueError(f"{checkpoint} holds {HOLDS[engine]}: resume it {RESUME[engine]}, {FRESH}")
+    if processes is not None and processes != world.size:
         raise ValueError(
-            f"{checkpoint} holds FSDP2 shards: resume it under torchrun with run.distributed "
-            "fsdp2, or start a fresh run (checkpoint.resume_from_checkpoint false)"
-        )
-    if sharded_now and not shards:
-        raise ValueError(
-            f"{checkpoint} holds whole weights (a ddp or one-process run): resume it with "
-            "run.distributed ddp, or start a fresh run (checkpoint.resume_from_checkpoint false)"
+            f"{checkpoint} holds {HOLDS[engine]} of {processes} processes and DeepSpeed does "
+            f"not repartition them: resume it on {processes} processes (this run has "
+            f"{world.size}), {FRESH}"
         )
 
 
 def engine_args(cfg: TrainerConfig, world: World) -> dict[str, Any]:
     """The ``TrainingArguments`` (GRPO and SFT) that say how the processes share the model."""
     args: dict[str, Any] = {"ddp_timeout": int(cfg.run.distributed_timeout_s)}
+    if sharding(cfg, world) and cfg.run.distributed == "zero3":
+        return args | {
+            "deepspeed": {
+                "zero_optimization": {
+                    "stage": 3,
+                    # checkpoints carry the whole adapter/model too, as a ddp run's do
+                    "stage3_gather_16bit_weights_on_model_save": True,
+                },
+                # "auto": filled from the TrainingArguments (derived per-process sizes, dtype);
+                # train_batch_size is left to DeepSpeed (HF would fill it before the world size)
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto",
+                "bf16": {"enabled": "auto"},
+                "fp16": {"enabled": "auto"},
+            },
+            "gradient_checkpointing": cfg.model.gradient_checkpointing,
+        }
     if sharding(cfg, world):
         return args | {
             "fsdp": True,
@@ -251,10 +295,24 @@ def stop(world: World) -> None:
 
 
 def sharded(model) -> bool:
-    """Whether FSDP2 shards ``model``'s parameters over the ranks."""
+    """Whether FSDP2 (DTensor parameters) or ZeRO-3 (partitioned parameters, ``ds_id``) shards
+    ``model``'s parameters over the ranks."""
     from torch.distributed.tensor import DTensor
 
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    return any(isinstance(p, DTensor) or hasattr(p, "ds_id") for p in model.parameters())
+
+
+def copy_weights(target, source) -> None:
+    """``target`` parameter := ``source`` on every rank. FSDP2 shards alike copy shard to shard;
+    ZeRO-3 parameters are gathered whole and repartitioned (small ones stay whole on every rank
+    between steps, so their partitions alone are not what the forward pass reads)."""
+    if hasattr(source, "ds_id") or hasattr(target, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([target, source], modifier_rank=0):
+            target.data.copy_(source.data)
+    else:
+        target.data.copy_(source.data)
 
 
 def gather_weights(model, world: World, *, adapter: str | None = None) -> dict[str, Any]:
@@ -263,14 +321,38 @@ def gather_weights(model, world: World, *, adapter: str | None = None) -> dict[s
     turn, so no rank ever holds more than one whole tensor beyond its shards."""
     from torch.distributed.tensor import DTensor
 
+    params = dict(model.named_parameters(remove_duplicate=False))
     out: dict[str, Any] = {}
     for name, tensor in model.state_dict().items():
         if adapter is not None and f".{adapter}." not in name:
             continue
-        whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+        param = params.get(name)
+        if hasattr(param, "ds_id"):  # ZeRO-3: the state dict holds the empty placeholder
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([param]):
+                whole = param.data.detach().to("cpu", copy=True) if world.main else None
+        else:
+            whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            whole = whole.detach().to("cpu", copy=True) if world.main else None
         if world.main:
-            out[name] = whole.detach().to("cpu", copy=True)
+            out[name] = whole
     return out
+
+
+@contextmanager
+def whole_models():
+    """Models built inside are plain, whole ones. While a ZeRO-3 config is alive, transformers
+    builds every model partitioned over the ranks (a collective): one that rank 0 builds alone
+    (an unsharded copy, an evaluated policy, an ORM) would wait forever for the others."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    alive = hf_deepspeed._hf_deepspeed_config_weak_ref  # transformers' own switch
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = alive
 
 
 def save_sharded(model, folder: Path, world: World) -> None:
@@ -281,7 +363,8 @@ def save_sharded(model, folder: Path, world: World) -> None:
     if not world.main:
         return
     if peft:
-        model.save_pretrained(str(folder), selected_adapters=["default"], state_dict=weights)
+        with whole_models():
+            model.save_pretrained(str(folder), selected_adapters=["default"], state_dict=weights)
     else:
         unsharded_copy(model, weights).save_pretrained(str(folder), safe_serialization=True)
 
@@ -294,12 +377,12 @@ def unsharded_copy(model, weights: dict[str, Any]):
 
     peft_config = getattr(model, "peft_config", None)
     base = model.get_base_model() if peft_config else model
-    with torch.device("cpu"):
+    with torch.device("cpu"), whole_models():
         copy = AutoModelForCausalLM.from_config(base.config, dtype=base.dtype)
-    if peft_config:
-        from peft import get_peft_model
+        if peft_config:
+            from peft import get_peft_model
 
-        copy = get_peft_model(copy, peft_config["default"])
+            copy = get_peft_model(copy, peft_config["default"])
     missing, _ = copy.load_state_dict(weights, strict=False)  # other adapters ("ref") stay out
     tied = {name for name in missing if name.endswith("lm_head.weight")}
     if set(missing) - tied:

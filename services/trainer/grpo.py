@@ -123,7 +123,11 @@ def with_reference_adapter(cfg: TrainerConfig, model):
     if config is None or cfg.grpo.beta == 0 or hasattr(model, "peft_config"):
         return model, config
     from peft import get_peft_model
+    from transformers import set_seed
 
+    # the adapter's random start from the seed alone, as TRL's own would be (under ZeRO-3 the
+    # base loads partitioned, which draws from the generator first)
+    set_seed(cfg.run.seed)
     return get_peft_model(model, config), None
 
 
@@ -254,7 +258,7 @@ def build_training(
     graceful_stop = GracefulStop(world)
     trainer.add_callback(graceful_stop)
     if cfg.policy_sync.enabled and (world.main or distributed.sharding(cfg, world)):
-        # under FSDP2 every rank joins the gather of each pushed version
+        # sharded (fsdp2, zero3): every rank joins the gather of each pushed version
         from services.trainer.policy_sync import build_callback
 
         trainer.add_callback(
@@ -341,7 +345,7 @@ def run_training(training: Training, cfg: TrainerConfig) -> Path | None:
         return None
     final = cfg.run.output_dir / "final"
     model = training.trainer.model
-    if distributed.sharded(model):  # FSDP2: every rank joins the gather, rank 0 saves
+    if distributed.sharded(model):  # FSDP2, ZeRO-3: every rank joins the gather, rank 0 saves
         distributed.save_sharded(model, final, training.world)
     else:
         drop_reference_adapter(model)  # final/ holds the policy alone

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from services.trainer.config import TrainerConfig
+from services.trainer.distributed import whole_models
 from services.trainer.models import resolve_model
 
 
@@ -71,7 +72,8 @@ def load_for_generation(spec: PolicySpec, cache_dir: str | Path | None = None, d
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise PolicyLoadError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
     base_dir = resolve_model(base_source, cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype))
+    with whole_models():  # one process's own copy, also beside a ZeRO-3 run's partitions
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype))
     tokenizer_dir = next(
         (
             Path(d)
@@ -84,7 +86,8 @@ def load_for_generation(spec: PolicySpec, cache_dir: str | Path | None = None, d
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        with whole_models():
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.eval()
     return model, tokenizer
 

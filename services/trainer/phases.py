@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import TrainerCallback
 
+from services.trainer.distributed import copy_weights
+
 log = logging.getLogger(__name__)
 
 
@@ -31,12 +33,13 @@ def copy_policy_into_reference(trainer) -> bool:
         if getattr(trainer, "ref_model", None) is not None:
             reference = dict(trainer.accelerator.unwrap_model(trainer.ref_model).named_parameters())
             for name, param in model.named_parameters():
-                reference[name].data.copy_(param.data)
+                copy_weights(reference[name], param)
             return True
         if "ref" in getattr(model, "peft_config", {}):
             for name, param in model.named_parameters():
                 if ".default." in name:
-                    model.get_parameter(name.replace(".default.", ".ref.")).data.copy_(param.data)
+                    reference = model.get_parameter(name.replace(".default.", ".ref."))
+                    copy_weights(reference, param)
             return True
     return False
 

@@ -12,10 +12,10 @@ policy version = the trainer's ``global_step``:
 
 The service may be N replicas (``policy_sync.servers``): the policy is saved once and sent to
 every replica; the rules for replicas that refuse, die or rejoin are in
-``services/trainer/replicas.py``. Rank 0 pushes; when FSDP2 shards the policy over several trainer
-processes every rank holds the callback and joins the gather of each pushed version. Every
-generation reports the version that produced it (``x-policy-version``), which the remote
-generation backend records per sample, so staleness is visible.
+``services/trainer/replicas.py``. Rank 0 pushes; when FSDP2 or ZeRO-3 shards the policy over
+several trainer processes every rank holds the callback and joins the gather of each pushed
+version. Every generation reports the version that produced it (``x-policy-version``), which
+the remote generation backend records per sample, so staleness is visible.
 
 What happens when things go wrong (each case tested):
 
@@ -267,7 +267,7 @@ class PolicyPusher:
         self, model, version: int, *, restart: bool = False, weights: dict | None = None
     ) -> FanOut:
         """Save ``version`` once and send it to every replica (``FanOut`` says who took it).
-        ``weights``: what ``PolicySyncCallback`` gathered when FSDP2 shards ``model``."""
+        ``weights``: what ``PolicySyncCallback`` gathered when FSDP2 or ZeRO-3 shards ``model``."""
         model = _unwrap(model)
         if weights is not None and self.mode == "full":  # a copy of our own: merge it in place
             model = distributed.unsharded_copy(model, weights)

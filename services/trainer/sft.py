@@ -172,7 +172,7 @@ def run_sft(
     distributed.check_resumable(resume, cfg, world)
     trainer.train(resume_from_checkpoint=resume)
     model = trainer.model
-    if distributed.sharded(model):  # FSDP2: every rank joins the gather, rank 0 saves
+    if distributed.sharded(model):  # FSDP2, ZeRO-3: every rank joins the gather, rank 0 saves
         weights = distributed.gather_weights(model, world)
         model = distributed.unsharded_copy(model, weights) if world.main else None
     if world.main:

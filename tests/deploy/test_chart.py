@@ -396,7 +396,7 @@ BAD_VALUES = [
     ({"envv": {}}, "additional properties 'envv'"),
     ({"env": {"replica": 3}}, "additional properties 'replica'"),
     ({"trainer": {"nodes": 0}}, "/trainer/nodes"),
-    ({"trainer": {"distributed": "zero3"}}, "/trainer/distributed"),
+    ({"trainer": {"distributed": "zero2"}}, "/trainer/distributed"),
     ({"trainer": {"nodes": 2}}, "/trainer/checkpoints/accessMode"),  # RWX needed
     (
         {"trainer": {"nodes": 2, "gpus": 0, "checkpoints": {"accessMode": "ReadWriteMany"}}},
@@ -453,6 +453,13 @@ def test_bad_values_are_refused_naming_the_key(values, where):
         (
             {"trainer": {"gpus": 8, "distributed": "fsdp2"}, "inference": {"enabled": False}},
             "fsdp2 generates with vLLM: enable inference",
+        ),
+        (
+            {
+                "trainer": {"gpus": 8, "distributed": "zero3"},
+                "inference": {"weightTransfer": {"mode": "nccl"}},
+            },
+            "zero3 with inference.weightTransfer.mode nccl: the NCCL transfer reads whole",
         ),
     ],
 )
@@ -684,10 +691,11 @@ def test_eight_gpus_start_one_training_process_each(rendered):
     assert "completionMode" not in job["spec"]  # one pod
 
 
-def test_fsdp2_reaches_the_trainer_config_with_vllm_generating():
-    r = render({"trainer": {"gpus": 8, "distributed": "fsdp2"}})
+@pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
+def test_a_sharded_engine_reaches_the_trainer_config_with_vllm_generating(engine):
+    r = render({"trainer": {"gpus": 8, "distributed": engine}})
     config = load_config(yaml.safe_load(one(r, "ConfigMap", "trainer")["data"]["trainer.yaml"]))
-    assert config.run.distributed == "fsdp2"
+    assert config.run.distributed == engine
     assert config.generation.backend.type == "remote"  # rank 0 never runs the sharded model
     assert config.policy_sync.transport != "nccl"  # the shards are gathered, then pushed
 

@@ -70,6 +70,11 @@ def test_global_sizes_split_evenly_or_say_how_to_fix_them():
             {"run": {"distributed": "fsdp2"}, **REMOTE, "policy_sync": FULL_BY_NCCL},
             r"fsdp2 with policy_sync\.transport nccl",
         ),
+        ({"run": {"distributed": "zero3"}}, r"zero3 with generation\.backend\.type local: rank 0"),
+        (
+            {"run": {"distributed": "zero3"}, **REMOTE, "replay": {"enabled": True}},
+            r"zero3 with replay\.enabled: .* use run\.distributed ddp",
+        ),
     ],
 )
 def test_what_n_processes_cannot_do_is_refused_before_anything_starts(
@@ -88,16 +93,29 @@ def test_what_n_processes_cannot_do_is_refused_before_anything_starts(
 def test_a_checkpoint_resumes_only_under_the_engine_that_wrote_it(tmp_path):
     (tmp_path / "sharded" / "pytorch_model_fsdp_0").mkdir(parents=True)
     (tmp_path / "whole").mkdir()
+    for rank in range(2):  # DeepSpeed: one optimizer partition per process
+        partitions = tmp_path / "partitioned" / "global_step2"
+        partitions.mkdir(parents=True, exist_ok=True)
+        (partitions / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").touch()
     ddp = load_config({**MINIMAL, "run": {"output_dir": str(tmp_path)}})
-    fsdp2 = ddp.model_copy(update={"run": ddp.run.model_copy(update={"distributed": "fsdp2"})})
+    fsdp2, zero3 = (
+        ddp.model_copy(update={"run": ddp.run.model_copy(update={"distributed": engine})})
+        for engine in ("fsdp2", "zero3")
+    )
     two = World(size=2)
     distributed.check_resumable(tmp_path / "sharded", fsdp2, two)
+    distributed.check_resumable(tmp_path / "sharded", fsdp2, World(size=4))  # resharded on load
+    distributed.check_resumable(tmp_path / "partitioned", zero3, two)
     distributed.check_resumable(tmp_path / "whole", ddp, two)
     distributed.check_resumable(tmp_path / "whole", fsdp2, SINGLE)  # one process: never sharded
     with pytest.raises(ValueError, match="holds FSDP2 shards: resume it under torchrun"):
         distributed.check_resumable(tmp_path / "sharded", ddp, two)
     with pytest.raises(ValueError, match=r"holds whole weights .* with run\.distributed ddp"):
         distributed.check_resumable(tmp_path / "whole", fsdp2, two)
+    with pytest.raises(ValueError, match=r"ZeRO-3 partitions: resume it .* run\.distributed zero3"):
+        distributed.check_resumable(tmp_path / "partitioned", fsdp2, two)
+    with pytest.raises(ValueError, match=r"partitions of 2 processes .* resume it on 2 processes"):
+        distributed.check_resumable(tmp_path / "partitioned", zero3, World(size=4))
 
 
 def test_evaluation_under_torchrun_is_refused(monkeypatch, capsys):
@@ -276,17 +294,28 @@ def test_two_processes_train_the_same_steps_as_one(tmp_path, tiny_chat_model):
     assert _episodes(two)[: 2 * 8] == episodes and len(_episodes(two)) == 3 * 8
 
 
+SHARDED = {  # engine: (the module torchrun starts, what its checkpoint holds)
+    "fsdp2": (FSDP_ON_CPU, "pytorch_model_fsdp_0"),  # each rank's shards
+    "zero3": ("services.trainer", "global_step2"),  # DeepSpeed's partitions, one per rank
+}
+
+
 @pytest.mark.chromium
 @pytest.mark.slow
-def test_fsdp2_shards_train_the_same_steps_push_whole_weights_and_resume(tmp_path, tiny_chat_model):
-    """FSDP2 over 2 gloo processes (tests/trainer/fsdp_on_cpu.py lets accelerate shard on CPU):
-    the same losses and weights as one process, whole weights gathered for every push, the SFT
-    model and final/, a sharded checkpoint that resumes."""
+@pytest.mark.parametrize("engine", sorted(SHARDED))
+def test_sharded_engines_train_the_same_steps_push_whole_weights_and_resume(
+    tmp_path, tiny_chat_model, engine
+):
+    """FSDP2 or ZeRO-3 over 2 gloo processes (tests/trainer/fsdp_on_cpu.py lets accelerate
+    shard with FSDP2 on CPU; DeepSpeed runs on CPU as it is): the same losses and weights as one
+    process, whole weights gathered for every push, the SFT model and final/, a sharded
+    checkpoint that resumes."""
+    entry, holds = SHARDED[engine]
     shared = tmp_path / "shared"
     service = serve_policy_service(free_port(), tiny_chat_model, tmp_path)
     sharded = (
-        "replay.enabled=false",  # refused under fsdp2 (checked above)
-        "run.distributed=fsdp2",
+        "replay.enabled=false",  # refused when sharded (checked above)
+        f"run.distributed={engine}",
         "policy_sync.enabled=true",
         f"policy_sync.servers={{endpoints: [{service.url}]}}",
         f"policy_sync.shared_dir={shared}",
@@ -294,8 +323,8 @@ def test_fsdp2_shards_train_the_same_steps_push_whole_weights_and_resume(tmp_pat
     )
     try:
         one = _run(tmp_path, tiny_chat_model, 1, "replay.enabled=false")
-        two = _run(tmp_path, tiny_chat_model, 2, *sharded, name="fsdp2", entry=FSDP_ON_CPU)
-        assert (two / "checkpoint-2" / "pytorch_model_fsdp_0").is_dir()  # the shards, per rank
+        two = _run(tmp_path, tiny_chat_model, 2, *sharded, name=engine, entry=entry)
+        assert (two / "checkpoint-2" / holds).is_dir()
 
         assert _episodes(one) == _episodes(two)
         _assert_same_training(one, two)
@@ -310,9 +339,9 @@ def test_fsdp2_shards_train_the_same_steps_push_whole_weights_and_resume(tmp_pat
         for key in pushed:
             torch.testing.assert_close(pushed[key], merged[key], msg=key)
 
-        # The sharded checkpoint resumes (torch.distributed.checkpoint loads the shards).
+        # The sharded checkpoint resumes (each engine loads its own shards).
         _run(tmp_path, tiny_chat_model, 2, *sharded, "grpo.max_steps=3",
-             "checkpoint.resume_from_checkpoint=true", name="fsdp2", entry=FSDP_ON_CPU)  # fmt: skip
+             "checkpoint.resume_from_checkpoint=true", name=engine, entry=entry)  # fmt: skip
         assert [r["step"] for r in _metrics(two, "grpo")] == [1, 2, 3]
     finally:
         service.stop()

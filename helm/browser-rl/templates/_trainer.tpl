@@ -8,12 +8,12 @@
 {{- $lora := true -}}
 {{- with $user.lora }}{{ if hasKey . "enabled" }}{{ $lora = .enabled }}{{ end }}{{ end -}}
 {{- $apiKey := $v.secrets.apiKey.enabled -}}
-{{- if and (eq $v.trainer.distributed "fsdp2") (gt (mul (int $v.trainer.nodes) (max 1 (int $v.trainer.gpus))) 1) }}
+{{- if and (ne $v.trainer.distributed "ddp") (gt (mul (int $v.trainer.nodes) (max 1 (int $v.trainer.gpus))) 1) }}
 {{- if not $v.inference.enabled }}
-{{- fail "trainer.distributed fsdp2 generates with vLLM: enable inference (rank 0 alone cannot run a sharded model)" }}
+{{- fail (printf "trainer.distributed %s generates with vLLM: enable inference (rank 0 alone cannot run a sharded model)" $v.trainer.distributed) }}
 {{- end }}
 {{- if eq $v.inference.weightTransfer.mode "nccl" }}
-{{- fail "trainer.distributed fsdp2 with inference.weightTransfer.mode nccl: the NCCL transfer reads whole parameters; use sharedVolume" }}
+{{- fail (printf "trainer.distributed %s with inference.weightTransfer.mode nccl: the NCCL transfer reads whole parameters; use sharedVolume" $v.trainer.distributed) }}
 {{- end }}
 {{- end }}
 {{- $overlay := dict
