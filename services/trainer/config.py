@@ -677,6 +677,15 @@ class NcclTransferConfig(_Section):
     master_address: str = Field("127.0.0.1", description="NCCL rendezvous host (the trainer).")
     master_port: int = Field(29551, ge=1, le=65535, description="NCCL rendezvous port.")
     world_size: int = Field(2, ge=2, description="1 trainer rank + the vLLM workers.")
+    vllm_path: Path = Field(
+        Path("/opt/vllm-nccl"),
+        description=(
+            "Where the trainer finds vLLM's trainer-side transfer code when vLLM is not "
+            "importable as it is: the folder the trainer image installs "
+            "docker/requirements-nccl.txt into, kept off sys.path because vLLM pins an older "
+            "transformers than the trainer's."
+        ),
+    )
 
 
 class PolicySyncConfig(_Section):

@@ -41,6 +41,7 @@ import copy
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -363,7 +364,8 @@ class PolicyPusher:
         """vLLM's native NCCL broadcast, bracketed so no generation runs on half-written weights.
 
         Not runnable here (no GPU): it follows vLLM's documented trainer-side API and needs
-        ``vllm`` importable in the trainer and ``weight_transfer_backend: nccl`` on the service.
+        vLLM's trainer side (``vllm_transfer_side``) and ``weight_transfer_backend: nccl`` on
+        the service.
         """
         if _is_peft(model):
             raise PolicySyncError("the NCCL path sends full weights: train without LoRA")
@@ -379,11 +381,33 @@ class PolicyPusher:
         return client.commit_transfer(version, succeeded=True)
 
 
-def _nccl_engine(client: PolicyClient, model, settings):
+def vllm_transfer_side(vllm_path: Path):
+    """vLLM's trainer-side NCCL transfer (``ModuleSource``, ``NCCLTrainerInitInfo``,
+    ``NCCLTrainerWeightTransferEngine``): from vLLM as installed, else from ``vllm_path`` (the
+    trainer image's /opt/vllm-nccl, added to sys.path only now, after TRL has looked for vLLM)."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        if not (vllm_path / "vllm").is_dir():
+            raise PolicySyncError(
+                "policy_sync.transport nccl needs vLLM's trainer side: build the trainer image "
+                f"with NCCL_TRANSFER=true (docker/requirements-nccl.txt into {vllm_path}), or "
+                "point policy_sync.nccl.vllm_path at such a folder; or push full weights "
+                "through policy_sync.shared_dir"
+            ) from None
+        sys.path.append(str(vllm_path))
     from vllm.distributed.weight_transfer.base import ModuleSource
     from vllm.distributed.weight_transfer.nccl_engine import (
         NCCLTrainerInitInfo,
         NCCLTrainerWeightTransferEngine,
+    )
+
+    return ModuleSource, NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine
+
+
+def _nccl_engine(client: PolicyClient, model, settings):
+    ModuleSource, NCCLTrainerInitInfo, NCCLTrainerWeightTransferEngine = vllm_transfer_side(
+        settings.nccl.vllm_path
     )
 
     class _Control:

