@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -149,12 +150,19 @@ def goal_prompt(failed: FailedPage) -> str:
 
 def lm_goal(failed: FailedPage, reply: str, phase: int = 0) -> GeneratedTask | None:
     """The task a model's reply writes (its first line), or None when it wrote no usable goal:
-    too short, or the failed goal again."""
+    too short, or the failed goal again (also restated with other quotes, case or spacing)."""
     lines = [line.strip() for line in reply.strip().splitlines() if line.strip()]
     goal = lines[0].strip("\"' ") if lines else ""
-    if len(goal) < 8 or goal.lower() == failed.goal.lower():
+    if len(goal) < 8 or _gist(goal) == _gist(failed.goal):
         return None
     return _task(failed, goal, None, phase)
+
+
+def _gist(goal: str) -> str:
+    """A goal without quotes, case, spacing or closing punctuation: ``Click on "OK".`` and
+    ``click on 'ok'`` ask the same."""
+    unquoted = re.sub(r"[\"'“”‘’`]", "", goal.lower())
+    return " ".join(unquoted.split()).rstrip(".!")
 
 
 def _example(task: GeneratedTask) -> dict[str, Any]:

@@ -316,6 +316,7 @@ def test_a_models_goal_is_its_first_line_and_never_the_failed_goal_again():
     assert task.id.startswith("lm-click-button-7-") and task.name.startswith("gen.lm-")
     assert (task.generator, task.phase, task.parent_goal) == ("lm", 3, failed.goal)
     assert lm_goal(failed, "click on the submit button.", 0) is None  # the failed goal again
+    assert lm_goal(failed, "Click on the 'Submit'  button", 0) is None  # restated, other quotes
     assert lm_goal(failed, "\n  ok\n", 0) is None  # too short to be a goal
 
 
