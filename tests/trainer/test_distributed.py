@@ -300,11 +300,17 @@ SHARDED = {  # engine: (the module torchrun starts, what its checkpoint holds)
 }
 
 
+@pytest.fixture(scope="module")
+def one_process_without_replay(tmp_path_factory, tiny_chat_model) -> Path:
+    """The one-process run both sharded engines are compared with (replay is refused for them)."""
+    return _run(tmp_path_factory.mktemp("one"), tiny_chat_model, 1, "replay.enabled=false")
+
+
 @pytest.mark.chromium
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", sorted(SHARDED))
 def test_sharded_engines_train_the_same_steps_push_whole_weights_and_resume(
-    tmp_path, tiny_chat_model, engine
+    tmp_path, tiny_chat_model, one_process_without_replay, engine
 ):
     """FSDP2 or ZeRO-3 over 2 gloo processes (tests/trainer/fsdp_on_cpu.py lets accelerate
     shard with FSDP2 on CPU; DeepSpeed runs on CPU as it is): the same losses and weights as one
@@ -322,7 +328,7 @@ def test_sharded_engines_train_the_same_steps_push_whole_weights_and_resume(
         "policy_sync.mode=full",  # after SFT the service's base changed: the merged policy
     )
     try:
-        one = _run(tmp_path, tiny_chat_model, 1, "replay.enabled=false")
+        one = one_process_without_replay
         two = _run(tmp_path, tiny_chat_model, 2, *sharded, name=engine, entry=entry)
         assert (two / "checkpoint-2" / holds).is_dir()
 
