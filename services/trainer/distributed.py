@@ -96,10 +96,14 @@ def check(cfg: TrainerConfig, world: World) -> None:
         check_sharded(cfg)
 
 
+def engine_in_use(cfg: TrainerConfig, world: World) -> str:
+    """``run.distributed`` under torchrun; one process always trains a plain model ("ddp")."""
+    return cfg.run.distributed if world.distributed else "ddp"
+
+
 def sharding(cfg: TrainerConfig, world: World) -> bool:
-    """Whether the model is sharded over this run's processes (fsdp2, zero3; one process never
-    shards)."""
-    return world.distributed and cfg.run.distributed != "ddp"
+    """Whether the model is sharded over this run's processes (fsdp2, zero3)."""
+    return engine_in_use(cfg, world) != "ddp"
 
 
 def check_sharded(cfg: TrainerConfig) -> None:
@@ -153,8 +157,7 @@ def check_resumable(checkpoint: str | Path | None, cfg: TrainerConfig, world: Wo
     if checkpoint is None:
         return
     engine, processes = checkpoint_engine(Path(checkpoint))
-    now = cfg.run.distributed if sharding(cfg, world) else "ddp"
-    if engine != now:
+    if engine != engine_in_use(cfg, world):
         raise ValueError(f"{checkpoint} holds {HOLDS[engine]}: resume it {RESUME[engine]}, {FRESH}")
     if processes is not None and processes != world.size:
         raise ValueError(
@@ -167,7 +170,8 @@ def check_resumable(checkpoint: str | Path | None, cfg: TrainerConfig, world: Wo
 def engine_args(cfg: TrainerConfig, world: World) -> dict[str, Any]:
     """The ``TrainingArguments`` (GRPO and SFT) that say how the processes share the model."""
     args: dict[str, Any] = {"ddp_timeout": int(cfg.run.distributed_timeout_s)}
-    if sharding(cfg, world) and cfg.run.distributed == "zero3":
+    engine = engine_in_use(cfg, world)
+    if engine == "zero3":
         return args | {
             "deepspeed": {
                 "zero_optimization": {
@@ -185,7 +189,7 @@ def engine_args(cfg: TrainerConfig, world: World) -> dict[str, Any]:
             },
             "gradient_checkpointing": cfg.model.gradient_checkpointing,
         }
-    if sharding(cfg, world):
+    if engine == "fsdp2":
         return args | {
             "fsdp": True,
             "fsdp_config": {
