@@ -116,6 +116,14 @@ TRAINER = [
         unit="percentunit",
     ),
     Panel(
+        "Held-out seeds at each phase start",
+        [(f"trainer_phase_eval_success{{{NS}}}", "{{tasks}} tasks")],
+        unit="percentunit",
+        description="The live policy, greedy, on the first eval.phase_seeds held-out seeds of "
+        "every evaluated task, at the start, each phase boundary and the end of GRPO: the "
+        "trained tasks' mean beside the held-out tasks'.",
+    ),
+    Panel(
         "Curriculum: share of groups by task",
         [(f"trainer_curriculum_weight{{{NS}}}", "{{task}}")],
         unit="percentunit",

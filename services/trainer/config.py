@@ -918,6 +918,14 @@ class EvalConfig(_Section):
     max_context_tokens: int = Field(
         8192, ge=64, description="Whole-episode budget; 10 turns of page text need more than 3k."
     )
+    phase_seeds: int = Field(
+        0,
+        ge=0,
+        description="Also measure the live policy during GRPO: at the start, at every phase "
+        "boundary (grpo.phase_steps) and after the last step, on the first N held-out seeds of "
+        "every evaluated task (greedy, as above), into <run>/metrics.jsonl (stage phase_eval), "
+        "the run's plots and /metrics. Costs N x tasks episodes each time. 0: off.",
+    )
     base_results: Path | None = Field(
         None,
         description="Reuse the base report of an earlier eval.json measured the same way (seeds, "
@@ -942,6 +950,16 @@ class EvalConfig(_Section):
         names = [canonical_task(t) for t in self.tasks or []]
         if len(set(names)) != len(names):
             raise ValueError(f"eval.tasks has repeats: {self.tasks}")
+        return self
+
+    @model_validator(mode="after")
+    def _phase_seeds_are_held_out(self) -> EvalConfig:
+        if self.phase_seeds > self.seeds_per_task:
+            raise ValueError(
+                f"eval.phase_seeds ({self.phase_seeds}) must be at most eval.seeds_per_task "
+                f"({self.seeds_per_task}): the phases are measured on the first of the held-out "
+                "seeds, so the last phase's figures are a part of the final evaluation's"
+            )
         return self
 
 

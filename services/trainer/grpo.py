@@ -25,6 +25,9 @@ from services.trainer.curriculum import build_curriculum
 from services.trainer.dataset import build_dataset
 from services.trainer.discovery import Discovery, StaticDiscovery
 from services.trainer.distributed import SINGLE, World
+from services.trainer.episode_log import StepRecords
+from services.trainer.evaluation.phase_eval import PhaseEvaluation
+from services.trainer.evaluation.report import EvalSettings
 from services.trainer.generation import BackendContext, build_backend
 from services.trainer.loading import load_for_training
 from services.trainer.metrics import TrainerMetrics
@@ -237,10 +240,6 @@ def build_training(
     trainer.correct_off_policy = cfg.rollout.correction == "behaviour"
     if cfg.replay.enabled:
         trainer.replay_term = replay_term(cfg, buffer, trainer, world)
-    on_phase_start = [buffer.rescore] if buffer else []
-    if rollout is not None and rollout.task_generation is not None:
-        on_phase_start.append(rollout.task_generation.phase_started)
-    trainer.add_callback(PhaseReference(trainer, cfg.grpo.phase_steps, on_phase_start))
     trainer.remove_callback(ProgressCallback)
     progress = curriculum_checkpoint = None
     if rollout is not None:
@@ -255,8 +254,9 @@ def build_training(
         trainer.add_callback(MetricsLog(cfg.run.output_dir / METRICS_FILE, "grpo"))
         curriculum_checkpoint = CurriculumCheckpoint(rollout.curriculum)
         trainer.add_callback(curriculum_checkpoint)
-    graceful_stop = GracefulStop(world)
-    trainer.add_callback(graceful_stop)
+    # At a step's end, in this order: the step line (its update time leaves the push out), the
+    # push, then the phase start, so what a phase start probes or measures through the inference
+    # service is this step's policy.
     if cfg.policy_sync.enabled and (world.main or distributed.sharding(cfg, world)):
         # sharded (fsdp2, zero3): every rank joins the gather of each pushed version
         from services.trainer.policy_sync import build_callback
@@ -266,6 +266,14 @@ def build_training(
                 cfg.policy_sync, push_at_start=cfg.sft.enabled, replicas=replicas, world=world
             )
         )
+    on_phase_start = [buffer.rescore] if buffer else []
+    if rollout is not None and rollout.task_generation is not None:
+        on_phase_start.append(rollout.task_generation.phase_started)
+    trainer.add_callback(PhaseReference(trainer, cfg.grpo.phase_steps, on_phase_start))
+    if rollout is not None and cfg.eval.phase_seeds:
+        trainer.add_callback(phase_evaluation(cfg, rollout.stack, metrics))
+    graceful_stop = GracefulStop(world)
+    trainer.add_callback(graceful_stop)
     return Training(
         trainer,
         rollout,
@@ -277,6 +285,20 @@ def build_training(
         curriculum_checkpoint,
         graceful_stop,
         world,
+    )
+
+
+def phase_evaluation(
+    cfg: TrainerConfig, stack: RolloutStack, metrics: TrainerMetrics
+) -> PhaseEvaluation:
+    """The live policy on held-out seeds at each phase start (``eval.phase_seeds``)."""
+    return PhaseEvaluation(
+        stack,
+        EvalSettings.of(cfg),
+        cfg.eval.phase_seeds,
+        cfg.grpo.phase_steps,
+        StepRecords(cfg.run.output_dir / METRICS_FILE),
+        metrics,
     )
 
 

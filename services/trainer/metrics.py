@@ -125,6 +125,18 @@ class TrainerMetrics(RolloutObserver):
         self.task_pool = Gauge(
             "trainer_task_pool_size", "Generated tasks in the curriculum's pool.", registry=r
         )
+        self.phase_eval_success = Gauge(
+            "trainer_phase_eval_success",
+            "Success of the live policy on held-out seeds at the last phase start or the end "
+            "(eval.phase_seeds), over the trained or the held-out tasks.",
+            ["tasks"],
+            registry=r,
+        )
+        self.phase_eval_step = Gauge(
+            "trainer_phase_eval_step",
+            "Optimizer step of the last held-out measurement.",
+            registry=r,
+        )
         self.grad_norm = Gauge("trainer_grad_norm", "Gradient norm of the last step.", registry=r)
         self.step_seconds = Histogram(
             "trainer_step_seconds",
@@ -221,6 +233,17 @@ class TrainerMetrics(RolloutObserver):
         for (generator, fate), count in counts.items():
             self.generated_tasks.labels(generator, fate).inc(count)
         self.task_pool.set(pool)
+
+    def phase_evaluation_started(self) -> None:
+        self.training.set(0)  # no optimizer step while the policy plays held-out pages
+
+    def phase_evaluated(self, step: int, trained: float | None, held_out: float | None) -> None:
+        """The live policy's held-out success at ``step`` (``evaluation/phase_eval.py``)."""
+        for tasks, value in (("trained", trained), ("held_out", held_out)):
+            if value is not None:
+                self.phase_eval_success.labels(tasks).set(value)
+        self.phase_eval_step.set(step)
+        self.training_started(step)  # steps resume: the stall alerts count from now
 
     def curriculum_weights(self, weights: dict[str, float]) -> None:
         for task, weight in weights.items():

@@ -146,6 +146,11 @@ def plan(cfg: TrainerConfig, evaluate_after: bool, world: World = SINGLE) -> str
         extras = [f"KL {g.beta:g} to the phase start"] if g.beta else []
         extras += [f"phases of {g.phase_steps} steps"] if g.phase_steps else []
         extras += ["replay"] if cfg.replay.enabled else []
+        if cfg.eval.phase_seeds:
+            extras.append(
+                f"{cfg.eval.phase_seeds} held-out seeds x {len(cfg.eval_tasks)} tasks "
+                "at each phase start"
+            )
         stages.append(
             f"GRPO ({g.max_steps} steps x {g.samples_per_step} episodes"
             + "".join(f"; {e}" for e in extras)

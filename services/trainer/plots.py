@@ -23,8 +23,8 @@ Records = list[dict]
 
 
 def _steps(records: Records, stage: str) -> Records:
-    """A stage's per-step records (the end-of-training summary has no loss and is left out)."""
-    return [r for r in records if r.get("stage") == stage and "loss" in r]
+    """A stage's per-step records (the end-of-training summary is left out)."""
+    return [r for r in records if r.get("stage") == stage and "train_runtime" not in r]
 
 
 def _series(records: Records, key: str) -> tuple[list[int], list[float]]:
@@ -87,6 +87,21 @@ def _timing(ax, grpo: Records) -> bool:
     return True
 
 
+def _phase_eval(ax, measured: Records) -> bool:
+    """Held-out seeds at each phase start (``evaluation/phase_eval.py``): the two means bold."""
+    drawn = _lines(ax, measured, _keys(measured, "success/"), lambda k: k.removeprefix("success/"))
+    for line in ax.lines:
+        line.set(linewidth=1, alpha=0.6)
+    means = {"trained": ("trained tasks", "-"), "held_out": ("held-out tasks", "--")}
+    for key, (label, style) in means.items():
+        if _lines(ax, measured, [key], lambda _, label=label: f"mean, {label}"):
+            ax.lines[-1].set(color="black", linewidth=2.5, linestyle=style)
+            drawn = True
+    ax.set(title="Success on held-out seeds at each phase start (greedy)", ylabel="success")
+    ax.set_ylim(-0.05, 1.05)
+    return drawn
+
+
 def _curriculum(ax, grpo: Records) -> bool:
     keys = _keys(grpo, "curriculum/")
     rows = [(r["step"], [r.get(k, 0.0) for k in keys]) for r in grpo if keys and keys[0] in r]
@@ -125,6 +140,7 @@ FIGURES: dict[str, tuple[str, Callable]] = {
     ),
     "timing.png": ("grpo", _timing),
     "curriculum.png": ("grpo", _curriculum),
+    "phase_eval.png": ("phase_eval", _phase_eval),
     "sft.png": (
         "sft",
         partial(

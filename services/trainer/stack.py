@@ -135,6 +135,7 @@ class RolloutStack:
         except BaseException:
             self.loop.close()
             raise
+        self._engines: dict[ProtocolFactory, RolloutEngine] = {protocol: self.engine}
 
     async def _build(self, observer: RolloutObserver | None) -> RolloutEngine:
         env = self.cfg.env
@@ -174,6 +175,27 @@ class RolloutStack:
     def pool(self) -> EnvPool:
         return self.engine.pool
 
+    def _engine_for(self, protocol: ProtocolFactory | None) -> RolloutEngine:
+        """The stack's engine, or one under another protocol over the same pool, replies and
+        generated tasks (its episodes are not observed: they are not training's)."""
+        if protocol is None:
+            return self.engine
+        if protocol not in self._engines:
+            p = protocol(self.cfg, self.prompts)
+            engine = RolloutEngine(
+                self.engine.pool,
+                self.engine.replies,
+                self.prompts,
+                sampling=p.sampling,
+                max_turns=p.max_turns,
+                max_context_tokens=p.max_context_tokens,
+                max_completion_tokens=p.max_completion_tokens,
+                max_infra_retries=self.cfg.env.max_infra_retries,
+            )
+            engine.generated = self.engine.generated
+            self._engines[protocol] = engine
+        return self._engines[protocol]
+
     def records(
         self, episodes: Sequence[Episode], source: Source, policy_version: int | None = None
     ) -> list[Trajectory]:
@@ -207,21 +229,25 @@ class RolloutStack:
         self,
         requests: Sequence[EpisodeRequest],
         on_episode: Callable[[Episode], None] | None = None,
+        protocol: ProtocolFactory | None = None,
     ) -> list[Episode]:
-        """Play every request at once (results in request order; dropped ones marked)."""
-        return self.start(requests, on_episode).result()
+        """Play every request at once (results in request order; dropped ones marked); under
+        ``protocol`` instead of the stack's own (training's stack measuring its policy)."""
+        return self.start(requests, on_episode, protocol).result()
 
     def start(
         self,
         requests: Sequence[EpisodeRequest],
         on_episode: Callable[[Episode], None] | None = None,
+        protocol: ProtocolFactory | None = None,
     ) -> Future[list[Episode]]:
         """``play`` without waiting: the episodes play on the stack's loop meanwhile."""
-        return self.loop.submit(self._play(list(requests), on_episode))
+        engine = self._engine_for(protocol)
+        return self.loop.submit(self._play(engine, list(requests), on_episode))
 
-    async def _play(self, requests, on_episode) -> list[Episode]:
+    async def _play(self, engine: RolloutEngine, requests, on_episode) -> list[Episode]:
         async def one(request: EpisodeRequest) -> Episode:
-            episode = await self.engine.play(request)
+            episode = await engine.play(request)
             if on_episode is not None:
                 on_episode(episode)
             return episode

@@ -158,6 +158,7 @@ def test_lora_checkpoint_loads_on_the_base_it_names(tiny_model, tmp_path):
         ({"tasks": ["click-test"], "seed_start": 99_990}, "overlap the training seeds"),
         ({"tasks": ["click-test"], "temperature": -1}, "temperature"),
         ({"tasks": ["click-test"], "seeds_per_task": 0}, "seeds_per_task"),
+        ({"tasks": ["click-test"], "seeds_per_task": 5, "phase_seeds": 6}, "at most"),
     ],
 )
 def test_bad_settings_fail_with_a_clear_message(fields, match):

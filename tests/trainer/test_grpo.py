@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from services.trainer.config import load_config
 from services.trainer.episode_log import StepRecords
 from services.trainer.grpo import build_training, run_training
+from services.trainer.plots import draw_plots
 from services.trainer.rollout import Episode
 from services.trainer.trl_batch import to_trl_batch
 from tests.trainer.conftest import train
@@ -22,6 +23,7 @@ from tests.trainer.conftest import train
 pytestmark = [pytest.mark.chromium, pytest.mark.slow]
 
 TASKS = ("click-test", "enter-text")
+HELD_OUT = "click-button"
 
 
 def _config(model_dir, out_dir, curriculum="round_robin", **grpo):
@@ -51,12 +53,24 @@ def _metric(training, name, **labels) -> float:
     return training.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
+def _measured_each_phase(cfg):
+    """``cfg`` measuring its policy at each 1-step phase: 1 held-out seed of each trained task
+    and of a held-out one, 2 turns (a random policy's 10 turns would only cost time)."""
+    evaluation = {"tasks": [*TASKS, HELD_OUT], "phase_seeds": 1, "max_turns": 2}
+    return cfg.model_copy(
+        update={
+            "eval": cfg.eval.model_copy(update=evaluation),
+            "grpo": cfg.grpo.model_copy(update={"phase_steps": 1}),
+        }
+    )
+
+
 def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
     env_pods, tiny_chat_model, tmp_path
 ):
     cfg = _config(tiny_chat_model, tmp_path / "run", curriculum="learnability")
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"frames_every_steps": 2})})
-    training, final = train(cfg, tiny_chat_model, env_pods)
+    training, final = train(_measured_each_phase(cfg), tiny_chat_model, env_pods)
 
     assert training.trainer.state.global_step == 2
     assert (final / "model.safetensors").is_file()
@@ -100,6 +114,18 @@ def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
         and {f"curriculum/{t}" for t in TASKS} <= r.keys()
         for r in per_step
     )
+    # The policy on held-out seeds at the start and at each phase's end, outside the training
+    # figures above: the episode counts and episodes.jsonl hold training's episodes alone.
+    measured = [r for r in steps if r["stage"] == "phase_eval"]
+    assert [r["step"] for r in measured] == [0, 1, 2]
+    for r in measured:
+        assert r["episodes"] + r["dropped"] == 3 and r["seeds_per_task"] == 1
+        assert {f"success/{t}" for t in (*TASKS, HELD_OUT)} <= r.keys()
+        assert 0 <= r["trained"] <= 1 and r["held_out"] == r[f"success/{HELD_OUT}"]
+    assert _metric(training, "trainer_phase_eval_step") == 2
+    assert _metric(training, "trainer_training") == 0  # training ended
+    assert "phase_eval.png" in {p.name for p in draw_plots(tmp_path / "run" / "metrics.jsonl",
+                                                             tmp_path / "plots")}  # fmt: skip
 
     # Resume from the newest checkpoint: the count continues at 2, one more step to 3.
     resumed_cfg = _config(tiny_chat_model, tmp_path / "run", max_steps=3)
@@ -108,11 +134,14 @@ def test_grpo_steps_checkpoint_and_resume_with_the_same_step_count(
             "checkpoint": resumed_cfg.checkpoint.model_copy(update={"resume_from_checkpoint": True})
         }
     )
-    resumed, _ = train(resumed_cfg, tiny_chat_model, env_pods)
+    resumed, _ = train(_measured_each_phase(resumed_cfg), tiny_chat_model, env_pods)
     assert resumed.trainer.state.global_step == 3
     assert len(resumed.progress.lines) == 1 and resumed.progress.lines[0].startswith("step 3/3")
-    per_step = [r for r in StepRecords(tmp_path / "run" / "metrics.jsonl").read() if "loss" in r]
+    steps = StepRecords(tmp_path / "run" / "metrics.jsonl").read()
+    per_step = [r for r in steps if "loss" in r]
     assert [r["step"] for r in per_step] == [1, 2, 3]  # each step once across the resume
+    # step 2 was measured before the stop: the resumed run measures step 3 only
+    assert [r["step"] for r in steps if r["stage"] == "phase_eval"] == [0, 1, 2, 3]
 
 
 def test_trackers_get_the_per_task_success_beside_trls_figures(env_pods, tiny_chat_model, tmp_path):

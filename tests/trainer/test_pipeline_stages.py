@@ -25,6 +25,8 @@ def test_the_plan_names_every_stage_with_its_budget():
     )
     assert "evaluation (final; base from eval.base_results, 9 tasks x 20 seeds)" in plan
     assert f"about {cfg.run.expected_minutes:.0f} min" in plan
+    curriculum = load_config("services/trainer/configs/curriculum_local.yaml")
+    assert "5 held-out seeds x 9 tasks at each phase start" in pipeline.plan(curriculum, True)
 
 
 def test_demonstrations_on_disk_are_reused_and_said_so(tmp_path, caplog):
