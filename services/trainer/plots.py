@@ -20,11 +20,13 @@ matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt
 
 Records = list[dict]
+SUMMARY_KEYS = {"train_loss", "train_runtime"}
+"""Keys of TRL's end-of-training summary record (no step's figures)."""
 
 
 def _steps(records: Records, stage: str) -> Records:
     """A stage's per-step records (the end-of-training summary is left out)."""
-    return [r for r in records if r.get("stage") == stage and "train_runtime" not in r]
+    return [r for r in records if r.get("stage") == stage and not SUMMARY_KEYS & r.keys()]
 
 
 def _series(records: Records, key: str) -> tuple[list[int], list[float]]:

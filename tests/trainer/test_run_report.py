@@ -55,6 +55,13 @@ def _metrics(path, grpo_steps=3, sft_steps=2):
                 "curriculum/click-link": 0.4,
             }
         )
+    # the held-out seeds at the phase starts (eval.phase_seeds)
+    records += [
+        {"stage": "phase_eval", "step": s, "trained": 0.2 * s, "held_out": 0.1,
+         "success/click-button": 0.2 * s, "success/click-link": 0.1}
+        for s in range(0, grpo_steps + 1, 2)
+        if grpo_steps
+    ]  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"stage": "grpo", "st')
 
 
