@@ -153,6 +153,16 @@ class RunConfig(_Section):
             "plain model either way."
         ),
     )
+    offload: Literal["none", "optimizer", "all"] = Field(
+        "none",
+        description=(
+            "With a sharded engine (fsdp2, zero3): what lives in host memory instead of the "
+            "GPUs, for a model whose shards still do not fit. optimizer (zero3 only): the "
+            "optimizer state and step (DeepSpeed's CPU Adam, compiled on first use); all: also "
+            "the parameters (ZeRO-3's offload_param, FSDP2's CPUOffloadPolicy, which also keeps "
+            "the gradients and the optimizer step on the CPU). Slower steps for less GPU memory."
+        ),
+    )
     distributed_timeout_s: float = Field(
         3600.0,
         gt=0,
@@ -162,6 +172,22 @@ class RunConfig(_Section):
             "the others wait, so this bounds one rollout; past it the run fails, not hangs."
         ),
     )
+
+
+    @model_validator(mode="after")
+    def _offload_needs_a_sharded_engine(self) -> RunConfig:
+        if self.offload != "none" and self.distributed == "ddp":
+            raise ValueError(
+                f"run.offload {self.offload} needs run.distributed fsdp2 or zero3: DDP keeps a "
+                "whole model and optimizer on every GPU"
+            )
+        if self.offload == "optimizer" and self.distributed == "fsdp2":
+            raise ValueError(
+                "run.offload optimizer with run.distributed fsdp2: FSDP2 offloads parameters, "
+                "gradients and the optimizer step together; use run.offload all, or zero3 to "
+                "offload the optimizer state alone"
+            )
+        return self
 
 
 class ModelConfig(_Section):

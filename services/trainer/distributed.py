@@ -173,20 +173,7 @@ def engine_args(cfg: TrainerConfig, world: World) -> dict[str, Any]:
     engine = engine_in_use(cfg, world)
     if engine == "zero3":
         return args | {
-            "deepspeed": {
-                "zero_optimization": {
-                    "stage": 3,
-                    # checkpoints carry the whole adapter/model too, as a ddp run's do
-                    "stage3_gather_16bit_weights_on_model_save": True,
-                },
-                # "auto": filled from the TrainingArguments (derived per-process sizes, dtype);
-                # train_batch_size is left to DeepSpeed (HF would fill it before the world size)
-                "train_micro_batch_size_per_gpu": "auto",
-                "gradient_accumulation_steps": "auto",
-                "gradient_clipping": "auto",
-                "bf16": {"enabled": "auto"},
-                "fp16": {"enabled": "auto"},
-            },
+            "deepspeed": zero3_config(cfg),
             "gradient_checkpointing": cfg.model.gradient_checkpointing,
         }
     if engine == "fsdp2":
@@ -200,10 +187,44 @@ def engine_args(cfg: TrainerConfig, world: World) -> dict[str, Any]:
                 "state_dict_type": "SHARDED_STATE_DICT",
                 # FSDP's own checkpointing (the Trainer's would gather every layer twice)
                 "activation_checkpointing": cfg.model.gradient_checkpointing,
+                # parameters, gradients and the optimizer step in host memory (CPUOffloadPolicy)
+                "cpu_offload": cfg.run.offload == "all",
             },
             "gradient_checkpointing": False,
         }
     return args | {"gradient_checkpointing": cfg.model.gradient_checkpointing}
+
+
+def zero3_config(cfg: TrainerConfig) -> dict[str, Any]:
+    """DeepSpeed's config for ZeRO-3; "auto" values are filled from the TrainingArguments
+    (derived per-process sizes, dtype, the optimizer's settings)."""
+    zero: dict[str, Any] = {
+        "stage": 3,
+        # checkpoints carry the whole adapter/model too, as a ddp run's do
+        "stage3_gather_16bit_weights_on_model_save": True,
+    }
+    config: dict[str, Any] = {
+        "zero_optimization": zero,
+        # train_batch_size is left to DeepSpeed (HF would fill it before the world size)
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+    }
+    if cfg.run.offload != "none":
+        host = {"device": "cpu", "pin_memory": not cfg.use_cpu}
+        zero["offload_optimizer"] = host
+        if cfg.run.offload == "all":
+            zero["offload_param"] = host
+        # DeepSpeed's own AdamW, which it runs as its CPU Adam on offloaded state (the
+        # Trainer's torch AdamW would step there too, refused by DeepSpeed as too slow); the
+        # Trainer's scheduler still drives it
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
+        }
+    return config
 
 
 def grpo_accumulation(cfg: TrainerConfig, world: World) -> int:
