@@ -173,7 +173,6 @@ class RunConfig(_Section):
         ),
     )
 
-
     @model_validator(mode="after")
     def _offload_needs_a_sharded_engine(self) -> RunConfig:
         if self.offload != "none" and self.distributed == "ddp":

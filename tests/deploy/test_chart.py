@@ -397,6 +397,7 @@ BAD_VALUES = [
     ({"env": {"replica": 3}}, "additional properties 'replica'"),
     ({"trainer": {"nodes": 0}}, "/trainer/nodes"),
     ({"trainer": {"distributed": "zero2"}}, "/trainer/distributed"),
+    ({"trainer": {"offload": "nvme"}}, "/trainer/offload"),
     ({"trainer": {"nodes": 2}}, "/trainer/checkpoints/accessMode"),  # RWX needed
     (
         {"trainer": {"nodes": 2, "gpus": 0, "checkpoints": {"accessMode": "ReadWriteMany"}}},
@@ -460,6 +461,11 @@ def test_bad_values_are_refused_naming_the_key(values, where):
                 "inference": {"weightTransfer": {"mode": "nccl"}},
             },
             "zero3 with inference.weightTransfer.mode nccl: the NCCL transfer reads whole",
+        ),
+        ({"trainer": {"offload": "all"}}, "offload all needs trainer.distributed fsdp2 or zero3"),
+        (
+            {"trainer": {"gpus": 8, "distributed": "fsdp2", "offload": "optimizer"}},
+            "FSDP2 offloads parameters, gradients and the optimizer step together",
         ),
     ],
 )
@@ -691,11 +697,11 @@ def test_eight_gpus_start_one_training_process_each(rendered):
     assert "completionMode" not in job["spec"]  # one pod
 
 
-@pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
-def test_a_sharded_engine_reaches_the_trainer_config_with_vllm_generating(engine):
-    r = render({"trainer": {"gpus": 8, "distributed": engine}})
+@pytest.mark.parametrize(("engine", "offload"), [("fsdp2", "all"), ("zero3", "optimizer")])
+def test_a_sharded_engine_reaches_the_trainer_config_with_vllm_generating(engine, offload):
+    r = render({"trainer": {"gpus": 8, "distributed": engine, "offload": offload}})
     config = load_config(yaml.safe_load(one(r, "ConfigMap", "trainer")["data"]["trainer.yaml"]))
-    assert config.run.distributed == engine
+    assert config.run.distributed == engine and config.run.offload == offload
     assert config.generation.backend.type == "remote"  # rank 0 never runs the sharded model
     assert config.policy_sync.transport != "nccl"  # the shards are gathered, then pushed
 

@@ -111,6 +111,14 @@ def test_env_image_uses_debian_chromium_and_never_downloads_a_browser():
     assert "torch" not in requirements and "transformers" not in requirements
 
 
+def test_trainer_image_can_compile_deepspeeds_cpu_adam_for_offload():
+    """run.offload with zero3 runs DeepSpeed's CPU Adam, which it compiles with g++ on first
+    use (the Python headers come with the python base image)."""
+    install = " ".join(rest for k, rest in instructions("Dockerfile.trainer") if k == "RUN")
+    assert "apt-get install -y --no-install-recommends g++" in install
+    assert "ninja" in (ROOT / "constraints.txt").read_text()  # the JIT build's driver
+
+
 def test_trainer_image_carries_vllms_nccl_side_where_the_trainer_looks_for_it():
     """--no-deps into the folder ``policy_sync.nccl.vllm_path`` names, off sys.path, with the
     versions the vLLM environment pins (the pair test-vllm imports beside the trainer)."""

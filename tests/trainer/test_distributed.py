@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from services.trainer import distributed
 from services.trainer.cli import main
-from services.trainer.config import load_config
+from services.trainer.config import ConfigError, load_config
 from services.trainer.distributed import SINGLE, World
 from services.trainer.rollout_func import RolloutStalledError, ShardedRollout
 from tests.inference.fakes import free_port, serve_policy_service
@@ -88,6 +88,31 @@ def test_what_n_processes_cannot_do_is_refused_before_anything_starts(
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert main(["train", "--config", str(path)]) == 2
     assert "config error" in capsys.readouterr().err
+
+
+def _engine(engine: str, offload: str = "none") -> dict:
+    """``engine_args`` of MINIMAL on 2 processes under that engine and offload."""
+    cfg = load_config({**MINIMAL, **REMOTE, "run": {"distributed": engine, "offload": offload}})
+    return distributed.engine_args(cfg, World(size=2))
+
+
+def test_offload_puts_the_optimizer_or_everything_in_host_memory():
+    plain = _engine("zero3")["deepspeed"]
+    assert "optimizer" not in plain  # the Trainer's own AdamW, on the GPUs
+    assert not {"offload_optimizer", "offload_param"} & plain["zero_optimization"].keys()
+    optimizer = _engine("zero3", "optimizer")["deepspeed"]
+    assert optimizer["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert "offload_param" not in optimizer["zero_optimization"]
+    assert optimizer["optimizer"]["type"] == "AdamW"  # DeepSpeed's, run as its CPU Adam
+    assert set(optimizer["optimizer"]["params"].values()) == {"auto"}  # the Trainer's settings
+    everything = _engine("zero3", "all")["deepspeed"]["zero_optimization"]
+    assert everything["offload_param"]["device"] == everything["offload_optimizer"]["device"]
+    assert _engine("fsdp2", "all")["fsdp_config"]["cpu_offload"] is True
+    assert _engine("fsdp2")["fsdp_config"]["cpu_offload"] is False
+    with pytest.raises(ConfigError, match=r"offload all needs run\.distributed fsdp2 or zero3"):
+        _engine("ddp", "all")
+    with pytest.raises(ConfigError, match=r"use run\.offload all, or zero3"):
+        _engine("fsdp2", "optimizer")
 
 
 def test_a_checkpoint_resumes_only_under_the_engine_that_wrote_it(tmp_path):

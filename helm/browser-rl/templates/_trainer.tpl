@@ -16,8 +16,14 @@
 {{- fail (printf "trainer.distributed %s with inference.weightTransfer.mode nccl: the NCCL transfer reads whole parameters; use sharedVolume" $v.trainer.distributed) }}
 {{- end }}
 {{- end }}
+{{- if and (ne $v.trainer.offload "none") (eq $v.trainer.distributed "ddp") }}
+{{- fail (printf "trainer.offload %s needs trainer.distributed fsdp2 or zero3: DDP keeps a whole model and optimizer on every GPU" $v.trainer.offload) }}
+{{- end }}
+{{- if and (eq $v.trainer.offload "optimizer") (eq $v.trainer.distributed "fsdp2") }}
+{{- fail "trainer.offload optimizer with trainer.distributed fsdp2: FSDP2 offloads parameters, gradients and the optimizer step together; use offload all, or zero3" }}
+{{- end }}
 {{- $overlay := dict
-    "run" (dict "output_dir" "/checkpoints/run" "distributed" $v.trainer.distributed)
+    "run" (dict "output_dir" "/checkpoints/run" "distributed" $v.trainer.distributed "offload" $v.trainer.offload)
     "model" (dict
         "source" (include "browser-rl.modelPath" (dict "root" . "under" "/checkpoints/models"))
         "cache_dir" "/checkpoints/model-cache")
