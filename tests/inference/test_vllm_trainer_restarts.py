@@ -102,9 +102,13 @@ def test_a_trainer_started_before_the_server_waits_for_it_then_trains(env_pod, t
     log = tmp_path / "trainer.log"
     trainer = start_trainer(config, log)
     try:
-        time.sleep(15)  # the trainer is up and waiting; nothing listens on the port yet
-        assert trainer.poll() is None, log.read_text()[-3000:]
-        assert "waiting for a generation server" in log.read_text()
+        # the trainer comes up and waits; nothing listens on the port yet (polled: a loaded
+        # machine takes its time to import and load the model)
+        deadline = time.monotonic() + 300
+        while "waiting for a generation server" not in log.read_text():
+            assert trainer.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
         with serve(
             tiny_lfm2, tmp_path / "service", port=port, max_model_len=MAX_MODEL_LEN
         ) as server:
