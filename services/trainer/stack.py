@@ -138,20 +138,28 @@ class RolloutStack:
         self._engines: dict[ProtocolFactory, RolloutEngine] = {protocol: self.engine}
 
     async def _build(self, observer: RolloutObserver | None) -> RolloutEngine:
-        env = self.cfg.env
-        pool = EnvPool.from_config(env)
+        pool = EnvPool.from_config(self.cfg.env)
         pool.set_endpoints(await self.discovery.current())
         log.info("env endpoints: %s", ", ".join(pool.endpoints) or "none yet")
         self._watch = asyncio.ensure_future(self.discovery.watch(pool.set_endpoints))
+        return self._new_engine(pool, await self._replies(), self.protocol, observer)
+
+    def _new_engine(
+        self,
+        pool: EnvPool,
+        replies: Replies,
+        protocol: RolloutProtocol,
+        observer: RolloutObserver | None = None,
+    ) -> RolloutEngine:
         return RolloutEngine(
             pool,
-            await self._replies(),
+            replies,
             self.prompts,
-            sampling=self.protocol.sampling,
-            max_turns=self.protocol.max_turns,
-            max_context_tokens=self.protocol.max_context_tokens,
-            max_completion_tokens=self.protocol.max_completion_tokens,
-            max_infra_retries=env.max_infra_retries,
+            sampling=protocol.sampling,
+            max_turns=protocol.max_turns,
+            max_context_tokens=protocol.max_context_tokens,
+            max_completion_tokens=protocol.max_completion_tokens,
+            max_infra_retries=self.cfg.env.max_infra_retries,
             observer=observer,
         )
 
@@ -181,17 +189,8 @@ class RolloutStack:
         if protocol is None:
             return self.engine
         if protocol not in self._engines:
-            p = protocol(self.cfg, self.prompts)
-            engine = RolloutEngine(
-                self.engine.pool,
-                self.engine.replies,
-                self.prompts,
-                sampling=p.sampling,
-                max_turns=p.max_turns,
-                max_context_tokens=p.max_context_tokens,
-                max_completion_tokens=p.max_completion_tokens,
-                max_infra_retries=self.cfg.env.max_infra_retries,
-            )
+            rules = protocol(self.cfg, self.prompts)
+            engine = self._new_engine(self.engine.pool, self.engine.replies, rules)
             engine.generated = self.engine.generated
             self._engines[protocol] = engine
         return self._engines[protocol]
