@@ -46,7 +46,11 @@ log = logging.getLogger("services.trainer")
 
 def _config(args: argparse.Namespace) -> TrainerConfig:
     overrides = dict(parse_override(item) for item in args.set or [])
-    return load_config(*args.config, overrides=overrides)
+    cfg = load_config(*args.config, overrides=overrides)
+    engine = distributed.adopt_launched_engine(cfg)
+    if engine == cfg.run.distributed:
+        return cfg
+    return load_config(*args.config, overrides=overrides | {"run.distributed": engine})
 
 
 def _install_diagnostics() -> None:

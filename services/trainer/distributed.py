@@ -1,7 +1,9 @@
 """Several trainer processes: who is who, and the few collectives the run needs between them.
 
 ``torchrun --nproc-per-node G [--nnodes N ...] -m services.trainer train ...`` starts G × N copies
-of the single-process entry with ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` set. The plan:
+of the single-process entry with ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` set; so does
+``accelerate launch --config_file accelerate_configs/<engine>.yaml``, whose file chooses the engine
+(``launched_engine``) while the trainer config keeps everything else. The plan:
 
 - **Rank 0 alone** starts the local env pods, serves ``/metrics``, plays the demonstrations,
   plays every GRPO rollout through one env pool and one curriculum, evaluates and writes the
@@ -94,6 +96,85 @@ def check(cfg: TrainerConfig, world: World) -> None:
         sft_accumulation(cfg, world)
     if sharding(cfg, world):
         check_sharded(cfg)
+
+
+ACCELERATE_CONFIGS = "services/trainer/accelerate_configs"
+# DeepSpeed settings the trainer derives from its own config (run.offload, the global sizes,
+# model.dtype); accelerate refuses them beside the DeepSpeed config the trainer passes
+DEEPSPEED_FIELDS_OWNED = frozenset(
+    {
+        "zero_stage",
+        "offload_optimizer_device",
+        "offload_param_device",
+        "offload_param_nvme_path",
+        "offload_optimizer_nvme_path",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+        "zero3_save_16bit_model",
+        "mixed_precision",
+    }
+)
+
+
+def _on(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
+def launched_engine(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The engine an ``accelerate launch --config_file`` chose, read from the variables it sets
+    in every process (None: torchrun or a plain process, where ``run.distributed`` decides).
+
+    The accelerate file picks the engine and the process layout; the trainer config keeps
+    everything it already says (sizes, precision, offload, checkpointing), so a file that also
+    sets those is refused here rather than half-applied."""
+    fix = f"start from {ACCELERATE_CONFIGS}/"
+    if _on(environ.get("ACCELERATE_USE_DEEPSPEED")):
+        owned = (
+            set(environ.get("ACCELERATE_CONFIG_DS_FIELDS", "").split(",")) & DEEPSPEED_FIELDS_OWNED
+        )
+        if owned:
+            raise ValueError(
+                f"the accelerate config file sets {', '.join(sorted(owned))}: the trainer writes "
+                "DeepSpeed's config from its own (run.offload, the global sizes, model.dtype); "
+                f"leave them out ({fix}zero3.yaml)"
+            )
+        return "zero3"
+    if _on(environ.get("ACCELERATE_USE_FSDP")):
+        if environ.get("FSDP_VERSION", "1") != "2":
+            raise ValueError(
+                f"the accelerate config file asks for FSDP 1: set fsdp_version: 2 ({fix}fsdp2.yaml)"
+            )
+        if _on(environ.get("FSDP_OFFLOAD_PARAMS")):
+            raise ValueError(
+                "the accelerate config file sets fsdp_offload_params: set run.offload all in the "
+                f"trainer config instead ({fix}fsdp2.yaml)"
+            )
+        if _on(environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING")):
+            raise ValueError(
+                "the accelerate config file leaves fsdp_cpu_ram_efficient_loading on (accelerate's "
+                "default): set it false, every rank loads the whole model before FSDP2 shards it "
+                f"({fix}fsdp2.yaml)"
+            )
+        return "fsdp2"
+    if "ACCELERATE_MIXED_PRECISION" in environ:  # set by every accelerate launch
+        return "ddp"
+    return None
+
+
+def adopt_launched_engine(cfg: TrainerConfig, environ: Mapping[str, str] = os.environ) -> str:
+    """``run.distributed`` under the launcher: the accelerate file's engine where one chose it,
+    refused where the config names another."""
+    engine = launched_engine(environ)
+    if engine is None or engine == cfg.run.distributed:
+        return cfg.run.distributed
+    if "distributed" in cfg.run.model_fields_set:
+        raise ValueError(
+            f"accelerate launch runs {engine} (its config file) but the trainer config says "
+            f"run.distributed {cfg.run.distributed}: drop run.distributed, or launch with "
+            f"{ACCELERATE_CONFIGS}/{cfg.run.distributed}.yaml"
+        )
+    log.info("run.distributed %s, from the accelerate config file", engine)
+    return engine
 
 
 def engine_in_use(cfg: TrainerConfig, world: World) -> str:

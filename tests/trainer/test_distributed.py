@@ -1,5 +1,6 @@
-"""Several trainer processes (torchrun, gloo on CPU): the same config means the same step on 1 or
-N processes, rank 0 alone plays the episodes, and what cannot work is refused up front."""
+"""Several trainer processes (torchrun or accelerate launch, gloo on CPU): the same config means
+the same step on 1 or N processes, rank 0 alone plays the episodes, and what cannot work is
+refused up front."""
 
 from __future__ import annotations
 
@@ -115,6 +116,62 @@ def test_offload_puts_the_optimizer_or_everything_in_host_memory():
         _engine("fsdp2", "optimizer")
 
 
+ACCELERATE_CONFIGS = ROOT / distributed.ACCELERATE_CONFIGS
+
+
+def _accelerate_env(config: Path) -> dict[str, str]:
+    """The variables ``accelerate launch --config_file config`` gives each process, from
+    accelerate's own launcher (what launch_command does, short of starting the processes)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    parser = launch_command_parser()
+    argv = ["--config_file", str(config), "--num_processes", "2", "-m", "services.trainer"]
+    args, defaults, precision_from_file = _validate_launch_command(parser.parse_args(argv))
+    if not args.use_deepspeed:
+        return prepare_multi_gpu_env(args)
+    fields = [*defaults.deepspeed_config, *(["mixed_precision"] if precision_from_file else [])]
+    args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+    return prepare_deepspeed_cmd_env(args)[1]
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp2", "zero3"])
+def test_each_shipped_accelerate_config_launches_its_engine(engine, tmp_path):
+    env = _accelerate_env(ACCELERATE_CONFIGS / f"{engine}.yaml")
+    assert distributed.launched_engine(env) == engine
+    # A config that leaves run.distributed out runs the launcher's engine; one that names
+    # another engine is refused with the file to use.
+    cfg = load_config({**MINIMAL, **REMOTE})
+    assert distributed.adopt_launched_engine(cfg, env) == engine
+    other = "zero3" if engine == "ddp" else "ddp"
+    cfg = load_config({**MINIMAL, **REMOTE, "run": {"distributed": other}})
+    with pytest.raises(ValueError, match=rf"launch runs {engine} .*/{other}\.yaml"):
+        distributed.adopt_launched_engine(cfg, env)
+    assert distributed.launched_engine({}) is None  # torchrun or one process: the config decides
+
+
+@pytest.mark.parametrize(
+    ("engine", "extra", "message"),
+    [
+        ("zero3", {"zero_stage": 3, "offload_optimizer_device": "cpu"},
+         "sets offload_optimizer_device, zero_stage: the trainer writes DeepSpeed's config"),
+        ("fsdp2", {"fsdp_version": 1}, "asks for FSDP 1: set fsdp_version: 2"),
+        ("fsdp2", {"fsdp_offload_params": True}, "fsdp_offload_params: set run.offload all"),
+        ("fsdp2", {"fsdp_cpu_ram_efficient_loading": True}, "set it false, every rank loads"),
+    ],
+)  # fmt: skip
+def test_an_accelerate_config_that_overrules_the_trainer_config_is_refused(
+    engine, extra, message, tmp_path
+):
+    config = yaml.safe_load((ACCELERATE_CONFIGS / f"{engine}.yaml").read_text())
+    section = "deepspeed_config" if engine == "zero3" else "fsdp_config"
+    config[section] |= extra
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=message):
+        distributed.launched_engine(_accelerate_env(path))
+
+
 def test_a_checkpoint_resumes_only_under_the_engine_that_wrote_it(tmp_path):
     (tmp_path / "sharded" / "pytorch_model_fsdp_0").mkdir(parents=True)
     (tmp_path / "whole").mkdir()
@@ -199,10 +256,12 @@ def _run(
     *overrides: str,
     name: str = "",
     entry: str = "services.trainer",
+    accelerate: str = "",
 ) -> Path:
     """``train`` (demonstrations → SFT step → 2 GRPO steps) under torchrun with ``processes``;
     ``overrides``: ``--set`` items; ``name``: the run folder (default ``run-<processes>``);
-    ``entry``: the module torchrun starts."""
+    ``entry``: the module torchrun starts; ``accelerate``: launch with ``accelerate launch`` and
+    that engine's shipped config file instead."""
     out = tmp_path / (name or f"run-{processes}")
     config = {
         "run": {"output_dir": str(out), "seed": 0},
@@ -241,6 +300,10 @@ def _run(
     path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += [f"--nproc-per-node={processes}", "-m", entry, "train"]
+    if accelerate:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+        command += [str(ACCELERATE_CONFIGS / f"{accelerate}.yaml"), f"--num_processes={processes}"]
+        command += [f"--main_process_port={free_port()}", "-m", entry, "train"]
     command += ["--config", str(path), *(f"--set={item}" for item in overrides)]
     done = subprocess.run(
         command,
@@ -338,15 +401,15 @@ def test_sharded_engines_train_the_same_steps_push_whole_weights_and_resume(
     tmp_path, tiny_chat_model, one_process_without_replay, engine
 ):
     """FSDP2 or ZeRO-3 over 2 gloo processes (tests/trainer/fsdp_on_cpu.py lets accelerate
-    shard with FSDP2 on CPU; DeepSpeed runs on CPU as it is): the same losses and weights as one
-    process, whole weights gathered for every push, the SFT model and final/, a sharded
-    checkpoint that resumes."""
+    shard with FSDP2 on CPU; DeepSpeed runs on CPU as it is), started by ``accelerate launch``
+    with the engine's shipped config file: the same losses and weights as one process, whole
+    weights gathered for every push, the SFT model and final/; then under torchrun (the chart's
+    launcher, run.distributed set) the sharded checkpoint resumes."""
     entry, holds = SHARDED[engine]
     shared = tmp_path / "shared"
     service = serve_policy_service(free_port(), tiny_chat_model, tmp_path)
     sharded = (
         "replay.enabled=false",  # refused when sharded (checked above)
-        f"run.distributed={engine}",
         "policy_sync.enabled=true",
         f"policy_sync.servers={{endpoints: [{service.url}]}}",
         f"policy_sync.shared_dir={shared}",
@@ -354,7 +417,10 @@ def test_sharded_engines_train_the_same_steps_push_whole_weights_and_resume(
     )
     try:
         one = one_process_without_replay
-        two = _run(tmp_path, tiny_chat_model, 2, *sharded, name=engine, entry=entry)
+        # run.distributed left out: the accelerate config file chooses the engine
+        two = _run(
+            tmp_path, tiny_chat_model, 2, *sharded, name=engine, entry=entry, accelerate=engine
+        )
         assert (two / "checkpoint-2" / holds).is_dir()
 
         assert _episodes(one) == _episodes(two)
@@ -370,9 +436,10 @@ def test_sharded_engines_train_the_same_steps_push_whole_weights_and_resume(
         for key in pushed:
             torch.testing.assert_close(pushed[key], merged[key], msg=key)
 
-        # The sharded checkpoint resumes (each engine loads its own shards).
-        _run(tmp_path, tiny_chat_model, 2, *sharded, "grpo.max_steps=3",
-             "checkpoint.resume_from_checkpoint=true", name=engine, entry=entry)  # fmt: skip
+        # The sharded checkpoint resumes under torchrun (each engine loads its own shards).
+        _run(tmp_path, tiny_chat_model, 2, *sharded, f"run.distributed={engine}",
+             "grpo.max_steps=3", "checkpoint.resume_from_checkpoint=true", name=engine,
+             entry=entry)  # fmt: skip
         assert [r["step"] for r in _metrics(two, "grpo")] == [1, 2, 3]
     finally:
         service.stop()
