@@ -162,9 +162,9 @@ def launched_engine(environ: Mapping[str, str] = os.environ) -> str | None:
 
 
 def adopt_launched_engine(cfg: TrainerConfig, environ: Mapping[str, str] = os.environ) -> str:
-    """``run.distributed`` under the launcher: the accelerate file's engine where one chose it,
-    refused where the config names another."""
-    engine = launched_engine(environ)
+    """``run.distributed`` under the launcher: the accelerate file's engine where one chose it
+    for several processes, refused where the config names another."""
+    engine = launched_engine(environ) if World.from_env(environ).distributed else None
     if engine is None or engine == cfg.run.distributed:
         return cfg.run.distributed
     if "distributed" in cfg.run.model_fields_set:

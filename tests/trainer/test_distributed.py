@@ -137,8 +137,9 @@ def _accelerate_env(config: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp2", "zero3"])
 def test_each_shipped_accelerate_config_launches_its_engine(engine, tmp_path):
-    env = _accelerate_env(ACCELERATE_CONFIGS / f"{engine}.yaml")
-    assert distributed.launched_engine(env) == engine
+    launched = _accelerate_env(ACCELERATE_CONFIGS / f"{engine}.yaml")
+    assert distributed.launched_engine(launched) == engine
+    env = {**launched, "WORLD_SIZE": "2"}  # what torch's launcher adds for each process
     # A config that leaves run.distributed out runs the launcher's engine; one that names
     # another engine is refused with the file to use.
     cfg = load_config({**MINIMAL, **REMOTE})
@@ -147,7 +148,9 @@ def test_each_shipped_accelerate_config_launches_its_engine(engine, tmp_path):
     cfg = load_config({**MINIMAL, **REMOTE, "run": {"distributed": other}})
     with pytest.raises(ValueError, match=rf"launch runs {engine} .*/{other}\.yaml"):
         distributed.adopt_launched_engine(cfg, env)
-    assert distributed.launched_engine({}) is None  # torchrun or one process: the config decides
+    # One process trains a plain model whatever the file says; torchrun: the config decides.
+    assert distributed.adopt_launched_engine(cfg, launched) == other
+    assert distributed.launched_engine({}) is None
 
 
 @pytest.mark.parametrize(
