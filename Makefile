@@ -173,5 +173,5 @@ orm: setup ## train the ORM on orm.data, then measure it, the base and the major
 
 .PHONY: gpu-check
 
-gpu-check: setup ## one GPU: SFT step and GRPO update of the LFM2-350M shape, LoRA and full, tokens/s and memory (~1 min on an H200)
+gpu-check: setup ## one GPU: SFT step and GRPO update of the LFM2-350M shape, LoRA and full, tokens/s and memory; trainer idle fraction sync vs async (~3 min on an H200)
 	$(PY) scripts/gpu_check.py --json runs/gpu_check.json $(BENCH_ARGS)

@@ -7,6 +7,12 @@ table for BENCHMARKS.md (and JSON to --json). Rollouts are synthetic (random tok
 lengths of a multi-turn episode, the env's tokens masked): env pods and vLLM are not timed here.
 About a minute on one H200 (10 timed steps per case after one warm-up).
 
+The GRPO update is then timed again inside the loop ``rollout.max_staleness`` 0 and 1 run: each
+rollout takes ``--rollout-seconds`` elsewhere (vLLM replicas on their own GPUs, the env pods), and
+with 1 the next step's rollout plays while this one updates. Printed: the trainer's idle fraction
+(time waiting for its rollout over the step) sync vs async. Set ``--rollout-seconds`` to a
+cluster's median ``trainer_step_seconds{phase="rollout"}``; 0 skips this part.
+
     python scripts/gpu_check.py                               # the GPU check (micro-batch 8)
     python scripts/gpu_check.py --micro 32                    # bigger micro-batches
     python scripts/gpu_check.py --size tiny --steps 2         # the same code on CPU, in seconds
@@ -20,6 +26,8 @@ import os
 import statistics
 import tempfile
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -86,6 +94,32 @@ class SyntheticRollout:
             "env_mask": [m for _, _, m in episodes],
             "outcome": torch.randint(0, 2, (len(prompts),), generator=self.generator).tolist(),
         }
+
+
+class RolloutElsewhere(SyntheticRollout):
+    """Rollouts that take ``seconds`` on other hardware, played ``ahead`` steps in advance as
+    ``BrowserRollout`` does with ``rollout.max_staleness`` (0: each step waits for its own)."""
+
+    def __init__(self, vocab: int, seconds: float, ahead: int) -> None:
+        super().__init__(vocab)
+        self.seconds, self.ahead = seconds, ahead
+        self.generation = ThreadPoolExecutor(1)
+        self.queue: deque[Future] = deque()
+        self.waits: list[float] = []
+
+    def _play(self, prompts) -> dict:
+        time.sleep(self.seconds)
+        return super().__call__(prompts, None)
+
+    def __call__(self, prompts, trainer) -> dict:
+        called = time.perf_counter()
+        if not self.queue:
+            self.queue.append(self.generation.submit(self._play, prompts))
+        batch = self.queue.popleft().result()
+        self.waits.append(time.perf_counter() - called)
+        while len(self.queue) < self.ahead:
+            self.queue.append(self.generation.submit(self._play, prompts))
+        return batch
 
 
 def outcome(prompts, completions, outcome, **_) -> list[float]:
@@ -155,8 +189,9 @@ def sft_step(folder: Path, out: Path, steps: int, lora: bool, **common) -> tuple
 
 
 def grpo_update(
-    folder: Path, out: Path, steps: int, lora: bool, **common
+    folder: Path, out: Path, steps: int, lora: bool, rollout=None, **common
 ) -> tuple[list[float], int]:
+    """``rollout``: the ``rollout_func`` (default: synthetic episodes at once)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -178,7 +213,7 @@ def grpo_update(
         train_dataset=Dataset.from_dict({"prompt": ["page"] * EPISODES * steps}),
         processing_class=tokenizer,
         peft_config=_peft(lora),
-        rollout_func=SyntheticRollout(len(tokenizer)),
+        rollout_func=rollout or SyntheticRollout(len(tokenizer)),
         callbacks=[timer],
     )
     trainer.train()
@@ -192,6 +227,13 @@ def main() -> None:
     parser.add_argument("--micro", type=int, default=8, help="sequences per forward/backward")
     parser.add_argument(
         "--gradient-checkpointing", action="store_true", help="as model.gradient_checkpointing"
+    )
+    parser.add_argument(
+        "--rollout-seconds",
+        type=float,
+        default=2.0,
+        help="one rollout's length elsewhere, for the trainer's idle fraction sync vs async "
+        "(0: skip)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -227,6 +269,7 @@ def main() -> None:
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
+        overlap = idle_fraction(folder, Path(tmp) / "out", args) if args.rollout_seconds > 0 else []
     compute = "bf16" if torch.cuda.is_available() else "fp32"
     checkpointing = "on" if args.gradient_checkpointing else "off"
     print(f"\n{args.size} (random weights), {device}, {EPISODES} sequences per step, "
@@ -237,10 +280,54 @@ def main() -> None:
     for r in rows:
         print(f"| {r['stage']} | {r['weights']} | {r['seconds_per_step']} | "
               f"{r['tokens_per_s']} | {r['peak_gib']} GiB |")  # fmt: skip
+    if overlap:
+        print(f"\nGRPO steps with a {args.rollout_seconds:g} s rollout elsewhere, "
+              "rollout.max_staleness 0 (sync) vs 1 (async)\n")  # fmt: skip
+        print("| weights | max_staleness | s/step (median) | trainer waited s (median) | "
+              "trainer idle fraction |")  # fmt: skip
+        print("|---|---|---|---|---|")
+        for r in overlap:
+            print(f"| {r['weights']} | {r['max_staleness']} | {r['seconds_per_step']} | "
+                  f"{r['waited_s']} | {r['idle_fraction']} |")  # fmt: skip
     if args.json:
         setup = {"device": device, "size": args.size, "micro": args.micro}
         setup["gradient_checkpointing"] = args.gradient_checkpointing
-        args.json.write_text(json.dumps({**setup, "rows": rows}))
+        setup["rollout_seconds"] = args.rollout_seconds
+        args.json.write_text(json.dumps({**setup, "rows": rows, "overlap": overlap}))
+
+
+def idle_fraction(folder: Path, out: Path, args: argparse.Namespace) -> list[dict]:
+    """The GRPO update inside the sync (0) and one-ahead (1) loops: how much of each step the
+    trainer spent waiting for its rollout (the first step, whose rollout nothing overlaps, is
+    left out)."""
+    vocab = len(AutoTokenizer.from_pretrained(folder))
+    rows = []
+    for lora in (True, False):
+        for ahead in (0, 1):
+            rollout = RolloutElsewhere(vocab, args.rollout_seconds, ahead)
+            seconds, _ = grpo_update(
+                folder,
+                out,
+                args.steps,
+                lora,
+                rollout=rollout,
+                micro=args.micro,
+                checkpointing=args.gradient_checkpointing,
+            )
+            rollout.generation.shutdown(cancel_futures=True)
+            waited, timed = rollout.waits[1:], seconds[1:]
+            rows.append(
+                {
+                    "weights": "LoRA r16" if lora else "full",
+                    "max_staleness": ahead,
+                    "seconds_per_step": round(statistics.median(timed), 3),
+                    "waited_s": round(statistics.median(waited), 3),
+                    "idle_fraction": round(sum(waited) / sum(timed), 3),
+                    "steps_timed": len(timed),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 if __name__ == "__main__":
