@@ -199,28 +199,23 @@ async def test_over_capacity_is_refused_at_once_and_clears(pod):
     await _wait_for_sessions(pod, 0)
 
 
-async def test_parallel_sessions_finish_before_the_same_work_one_after_another(pod):
+async def test_every_session_of_a_full_pod_plays_its_own_episodes_at_once(pod):
+    """How much faster parallel sessions are than one is a benchmark (make bench-env), not a
+    timed test: on a loaded machine the two can take the same time."""
     episodes = 4
     clients = [BrowserEnvClient(pod) for _ in range(MAX_SESSIONS)]
+
+    async def run(env: BrowserEnvClient) -> list[float]:
+        return [await play(env, "click-test", seed) for seed in range(episodes)]
+
     try:
-        # Warm every session first (browser context and page exist), then time the same
-        # episodes on one session and spread over all of them.
         await asyncio.gather(*(play(env, "click-test", 0) for env in clients))
-
-        async def run(env: BrowserEnvClient, n_episodes: int) -> None:
-            for seed in range(n_episodes):
-                assert await play(env, "click-test", seed) == 1.0
-
-        started = time.perf_counter()
-        await run(clients[0], MAX_SESSIONS * episodes)
-        sequential = time.perf_counter() - started
-        started = time.perf_counter()
-        await asyncio.gather(*(run(env, episodes) for env in clients))
-        parallel = time.perf_counter() - started
+        assert httpx.get(f"{pod}/ready").json()["sessions_active"] == MAX_SESSIONS
+        rewards = await asyncio.gather(*(run(env) for env in clients))
     finally:
         for env in clients:
             await env.close()
-    assert parallel < sequential, (parallel, sequential)
+    assert rewards == [[1.0] * episodes] * MAX_SESSIONS
 
 
 async def test_dropped_client_frees_its_session(pod, metric):
