@@ -117,7 +117,10 @@ DEEPSPEED_FIELDS_OWNED = frozenset(
 
 
 def _on(value: str | None) -> bool:
-    return (value or "").lower() in ("1", "true", "yes")
+    """An accelerate flag variable, read as accelerate reads it."""
+    from accelerate.utils import str_to_bool
+
+    return bool(str_to_bool(value or "false"))
 
 
 def launched_engine(environ: Mapping[str, str] = os.environ) -> str | None:

@@ -136,7 +136,7 @@ def _accelerate_env(config: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp2", "zero3"])
-def test_each_shipped_accelerate_config_launches_its_engine(engine, tmp_path):
+def test_each_shipped_accelerate_config_launches_its_engine(engine):
     launched = _accelerate_env(ACCELERATE_CONFIGS / f"{engine}.yaml")
     assert distributed.launched_engine(launched) == engine
     env = {**launched, "WORLD_SIZE": "2"}  # what torch's launcher adds for each process
