@@ -188,14 +188,19 @@ async def test_full_reload_waits_for_running_generations_and_holds_new_ones(tmp_
     engine, _manager, client = build(tmp_path)
     checkpoint = write_checkpoint(tmp_path / "ckpt")
     engine.reload_release = asyncio.Event()
+    # held long enough that a loaded machine (two test workers) still sees the update wait
     running = asyncio.create_task(
-        client.post("/v1/completions", json={"model": "policy", "prompt": [1], "hold_s": 0.3})
+        client.post("/v1/completions", json={"model": "policy", "prompt": [1], "hold_s": 2.0})
     )
     await asyncio.sleep(0.05)
     update = asyncio.create_task(
         client.post("/v1/policy/weights", json={"version": 2, "path": str(checkpoint)})
     )
-    await asyncio.sleep(0.05)
+    for _ in range(100):  # the update has begun: not ready (a fixed sleep raced under load)
+        if (await client.get("/ready")).status_code == 503:
+            break
+        await asyncio.sleep(0.01)
+    assert not running.done()
     assert "reload_weights" not in engine.names()  # waits for the running generation
     assert (await client.get("/ready")).status_code == 503
     first = await running
